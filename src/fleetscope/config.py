@@ -1,0 +1,153 @@
+"""Settings: ``fleetscope.toml`` overlaid by ``FLEETSCOPE_*`` environment variables and CLI flags.
+
+Precedence, lowest first: built-in defaults → the TOML file (``--config`` or ``./fleetscope.toml``
+when present) → environment → command-line flags (applied by ``cli.py``). A setting that cannot be
+parsed raises :class:`ConfigError` naming the key, never a silent default.
+
+Example ``fleetscope.toml``::
+
+    [server]
+    data = "./fleetscope-data"
+    host = "127.0.0.1"
+    port = 8000
+
+    [metrics]
+    retention = "30d"          # samples older than this are dropped
+
+    [[scrape]]                 # existing exporters to scrape (dcgm-exporter, node_exporter, …)
+    url = "http://gpu-01:9400/metrics"
+    job = "dcgm"
+    interval = "15s"
+
+    [teams.accounts]           # Slurm account / K8s namespace → team
+    llm = "llm-research"
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+_DURATION = re.compile(r"^(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$")
+_UNIT_MS = (7 * 86_400_000, 86_400_000, 3_600_000, 60_000, 1000, 1)
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names it."""
+
+
+def parse_duration_ms(text: str) -> int:
+    """Milliseconds in a Prometheus duration (``90s``, ``15m``, ``1h30m``, ``7d``, ``2w``).
+
+    Raises ``ValueError`` with a message for anything else, including zero.
+    """
+    m = _DURATION.match(text.strip())
+    if not text.strip() or m is None:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 15m, 24h, 7d, 2w)")
+    total = sum(int(g) * unit for g, unit in zip(m.groups(), _UNIT_MS, strict=True) if g)
+    if total <= 0:
+        raise ValueError(f"duration must be positive: {text!r}")
+    return total
+
+
+@dataclass(frozen=True)
+class ScrapeConfig:
+    """One exporter endpoint to scrape."""
+
+    url: str
+    job: str
+    instance: str
+    interval_s: float = 15.0
+
+
+@dataclass
+class Settings:
+    """Everything the server, the agent and the simulator read from configuration."""
+
+    data_dir: Path = Path("fleetscope-data")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    retention_ms: int = 30 * 86_400_000
+    idle_threshold: float = 0.05  # utilization below this counts as idle (DESIGN "Definitions")
+    scrape: list[ScrapeConfig] = field(default_factory=list)
+    team_accounts: dict[str, str] = field(default_factory=dict)  # account/namespace → team
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "fleetscope.duckdb"
+
+
+def _get(section: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
+    value = section[key]
+    if kind is float and isinstance(value, int):
+        value = float(value)
+    if not isinstance(value, kind):
+        raise ConfigError(f"{where}.{key} must be a {kind.__name__}, got {value!r}")
+    return value
+
+
+def load(path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from a TOML file (if any) and the environment."""
+    env = os.environ if env is None else env
+    settings = Settings()
+    if path is None and Path("fleetscope.toml").exists():
+        path = Path("fleetscope.toml")
+    if path is not None:
+        try:
+            doc = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read {path}: {exc}") from exc
+        _apply_toml(settings, doc)
+    if "FLEETSCOPE_DATA" in env:
+        settings.data_dir = Path(env["FLEETSCOPE_DATA"])
+    if "FLEETSCOPE_HOST" in env:
+        settings.host = env["FLEETSCOPE_HOST"]
+    if "FLEETSCOPE_PORT" in env:
+        try:
+            settings.port = int(env["FLEETSCOPE_PORT"])
+        except ValueError as exc:
+            raise ConfigError(f"FLEETSCOPE_PORT must be an integer: {exc}") from exc
+    return settings
+
+
+def _apply_toml(settings: Settings, doc: Mapping[str, Any]) -> None:
+    server = doc.get("server", {})
+    if "data" in server:
+        settings.data_dir = Path(_get(server, "data", str, "server"))
+    if "host" in server:
+        settings.host = _get(server, "host", str, "server")
+    if "port" in server:
+        settings.port = _get(server, "port", int, "server")
+    metrics = doc.get("metrics", {})
+    if "retention" in metrics:
+        try:
+            settings.retention_ms = parse_duration_ms(_get(metrics, "retention", str, "metrics"))
+        except ValueError as exc:
+            raise ConfigError(f"metrics.retention: {exc}") from exc
+    if "idle_threshold" in metrics:
+        settings.idle_threshold = _get(metrics, "idle_threshold", float, "metrics")
+    for i, target in enumerate(doc.get("scrape", [])):
+        where = f"scrape[{i}]"
+        if "url" not in target:
+            raise ConfigError(f"{where} needs a url")
+        url = _get(target, "url", str, where)
+        interval = 15.0
+        if "interval" in target:
+            try:
+                interval = parse_duration_ms(_get(target, "interval", str, where)) / 1000
+            except ValueError as exc:
+                raise ConfigError(f"{where}.interval: {exc}") from exc
+        instance = target.get("instance") or re.sub(r"^\w+://([^/]+).*$", r"\1", url)
+        settings.scrape.append(
+            ScrapeConfig(url, str(target.get("job", "scrape")), str(instance), interval)
+        )
+    accounts = doc.get("teams", {}).get("accounts", {})
+    for account, team in accounts.items():
+        if not isinstance(team, str):
+            raise ConfigError(f"teams.accounts.{account} must be a team name")
+        settings.team_accounts[str(account)] = team

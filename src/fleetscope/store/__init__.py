@@ -1,0 +1,395 @@
+"""Store ports: the only way any other stage reaches stored metrics and records.
+
+Two ports, as in DESIGN.md:
+
+- :class:`MetricStore` holds Prometheus-model time series (a label set including ``__name__``,
+  and float samples at integer millisecond timestamps).
+- :class:`RecordStore` holds things with identity and lifecycle (jobs, events).
+
+Conventions every adapter keeps:
+
+- Time is integer milliseconds since the Unix epoch; every ``[mint_ms, maxt_ms]`` range is
+  inclusive at both ends, as in Prometheus' ``Querier``.
+- A series' samples are strictly increasing in time. Appending a sample whose timestamp is at or
+  before the series' newest stored sample is *out of order* unless it is an exact duplicate
+  (same series, time and value), which is accepted and stored once (so a resent batch does not
+  double-count).
+- Unknown values are not stored: ``None`` never reaches a store, NaN is a legal float sample
+  (Prometheus' staleness marker is a NaN with a special bit pattern and is kept as is).
+- Adapters are safe to call from several threads; they serialize writes internally.
+
+No SQL outside this package (DESIGN.md). Adapters: ``duckdb`` (embedded).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from fleetscope.model import Event, Job
+
+MatchOp = Literal["=", "!=", "=~", "!~"]
+METRIC_NAME = "__name__"
+
+
+class StoreError(Exception):
+    """Base class of store errors that the API edge turns into 4xx answers."""
+
+
+class OutOfOrderError(StoreError):
+    """A sample is at or before its series' newest stored sample and is not an exact duplicate."""
+
+
+class InvalidBatchError(StoreError):
+    """A batch breaks the port's preconditions (bad label set, non-increasing times, …)."""
+
+
+@dataclass(frozen=True)
+class Matcher:
+    """One label matcher, with Prometheus semantics.
+
+    Regular expressions are fully anchored (``=~"a.*"`` matches ``abc`` not ``xabc``). A label
+    that a series does not have has the value ``""``, so ``{team=""}`` selects series without
+    ``team``.
+    """
+
+    name: str
+    op: MatchOp
+    value: str
+
+    @cached_property
+    def _regex(self) -> re.Pattern[str]:
+        return re.compile(f"^(?:{self.value})$", re.DOTALL)
+
+    def matches(self, value: str) -> bool:
+        if self.op == "=":
+            return value == self.value
+        if self.op == "!=":
+            return value != self.value
+        hit = self._regex.match(value) is not None
+        return hit if self.op == "=~" else not hit
+
+    @classmethod
+    def equal(cls, name: str, value: str) -> Matcher:
+        return cls(name, "=", value)
+
+
+def matches_all(labels: Mapping[str, str], matchers: Sequence[Matcher]) -> bool:
+    """True when a label set satisfies every matcher (missing labels read as ``""``)."""
+    return all(m.matches(labels.get(m.name, "")) for m in matchers)
+
+
+@dataclass
+class SampleBatch:
+    """A columnar batch of samples: the unit of bulk appends.
+
+    ``series[i]`` is a label set (with ``__name__``); row ``k`` is the sample
+    ``(series[series_index[k]], t_ms[k], values[k])``. Rows need not be sorted.
+    """
+
+    series: list[dict[str, str]]
+    series_index: npt.NDArray[np.int32]
+    t_ms: npt.NDArray[np.int64]
+    values: npt.NDArray[np.float64]
+
+    def __len__(self) -> int:
+        return int(self.t_ms.shape[0])
+
+    @classmethod
+    def empty(cls) -> SampleBatch:
+        return cls([], np.empty(0, np.int32), np.empty(0, np.int64), np.empty(0, np.float64))
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[tuple[Mapping[str, str], int, float]]) -> SampleBatch:
+        """Build a batch from ``(labels, t_ms, value)`` rows; equal label sets share a series."""
+        index: dict[tuple[tuple[str, str], ...], int] = {}
+        series: list[dict[str, str]] = []
+        idx: list[int] = []
+        ts: list[int] = []
+        vs: list[float] = []
+        for labels, t, v in rows:
+            key = tuple(sorted(labels.items()))
+            i = index.get(key)
+            if i is None:
+                i = index[key] = len(series)
+                series.append(dict(key))
+            idx.append(i)
+            ts.append(t)
+            vs.append(v)
+        return cls(
+            series,
+            np.asarray(idx, np.int32),
+            np.asarray(ts, np.int64),
+            np.asarray(vs, np.float64),
+        )
+
+    @classmethod
+    def concat(cls, batches: Sequence[SampleBatch]) -> SampleBatch:
+        """Join batches into one (series are not merged; the store merges equal label sets)."""
+        series: list[dict[str, str]] = []
+        idx: list[npt.NDArray[np.int32]] = []
+        for b in batches:
+            idx.append((b.series_index + len(series)).astype(np.int32))
+            series.extend(b.series)
+        if not batches:
+            return cls.empty()
+        return cls(
+            series,
+            np.concatenate(idx),
+            np.concatenate([b.t_ms for b in batches]),
+            np.concatenate([b.values for b in batches]),
+        )
+
+
+@dataclass
+class Series:
+    """One series returned by a select: labels and its samples in time order."""
+
+    labels: dict[str, str]
+    t_ms: npt.NDArray[np.int64]
+    values: npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class SelectHints:
+    """What the caller will do with a select (Prometheus' ``SelectHints``).
+
+    Hints only allow an adapter to send back less; they never change what a correct caller
+    computes. With ``step_ms`` set and ``func`` unset, an adapter may return, per series, only
+    the newest sample in ``(t - lookback_ms, t]`` for each evaluation time
+    ``t = start_ms + k * step_ms`` (``t <= end_ms``): exactly what instant selectors read.
+    """
+
+    start_ms: int
+    end_ms: int
+    step_ms: int = 0
+    lookback_ms: int = 300_000
+    func: str | None = None
+    range_ms: int = 0
+    grouping: tuple[str, ...] = ()
+    by: bool = False
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    """What an append stored: ``samples`` new rows, ``duplicates`` exact resends ignored."""
+
+    samples: int
+    duplicates: int
+    series_created: int
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    series: int
+    samples: int
+    min_t_ms: int | None
+    max_t_ms: int | None
+    bytes_on_disk: int
+
+
+class Appender(Protocol):
+    """Buffers samples and writes them atomically.
+
+    An appender must end with :meth:`commit` or :meth:`rollback` and cannot be reused after.
+    ``commit`` returns once the data is durable; it raises :class:`OutOfOrderError` or
+    :class:`InvalidBatchError` and stores nothing when any sample is rejected.
+    """
+
+    def append(self, labels: Mapping[str, str], t_ms: int, value: float) -> None: ...
+
+    def append_batch(self, batch: SampleBatch) -> None: ...
+
+    def commit(self) -> AppendResult: ...
+
+    def rollback(self) -> None: ...
+
+
+class MetricStore(Protocol):
+    """Time series storage (see the module docstring for units and bounds)."""
+
+    def appender(self) -> Appender: ...
+
+    def append(self, batch: SampleBatch) -> AppendResult:
+        """Append one batch atomically and durably (a one-batch appender)."""
+        ...
+
+    def select(
+        self,
+        matchers: Sequence[Matcher],
+        mint_ms: int,
+        maxt_ms: int,
+        hints: SelectHints | None = None,
+    ) -> list[Series]:
+        """Series matching every matcher with their samples in ``[mint_ms, maxt_ms]``.
+
+        Series without samples in the range are left out. Results are sorted by label set.
+        """
+        ...
+
+    def series(
+        self, matchers: Sequence[Matcher], mint_ms: int | None = None, maxt_ms: int | None = None
+    ) -> list[dict[str, str]]:
+        """Label sets of matching series (with samples in the range when one is given)."""
+        ...
+
+    def label_names(self, matchers: Sequence[Matcher] = ()) -> list[str]: ...
+
+    def label_values(self, name: str, matchers: Sequence[Matcher] = ()) -> list[str]: ...
+
+    def delete_before(self, t_ms: int) -> int:
+        """Retention: drop samples older than ``t_ms``; returns how many were dropped."""
+        ...
+
+    def stats(self) -> StoreStats: ...
+
+    def close(self) -> None: ...
+
+
+class RecordStore(Protocol):
+    """Records with identity (jobs) and append-only events.
+
+    Jobs are keyed by ``(cluster, id)``; upserting a job replaces the stored version whole.
+    Times are timezone-aware datetimes (UTC).
+    """
+
+    def upsert_jobs(self, jobs: Sequence[Job]) -> int: ...
+
+    def jobs(
+        self,
+        *,
+        states: Sequence[str] = (),
+        team: str | None = None,
+        active_between: tuple[int, int] | None = None,
+        limit: int | None = None,
+    ) -> list[Job]:
+        """Jobs filtered by state and team; ``active_between=(mint_ms, maxt_ms)`` keeps jobs
+        that were pending or running at some time in that range. Newest submit first."""
+        ...
+
+    def job(self, job_id: str, cluster: str = "default") -> Job | None: ...
+
+    def add_events(self, events: Sequence[Event]) -> int: ...
+
+    def events(
+        self, *, kinds: Sequence[str] = (), since_ms: int | None = None, limit: int | None = None
+    ) -> list[Event]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class FakeMetricStore:
+    """In-memory :class:`MetricStore` for tests of other stages (a fake, not a mock)."""
+
+    rows: dict[tuple[tuple[str, str], ...], dict[int, float]] = field(default_factory=dict)
+
+    def appender(self) -> Appender:
+        return _BufferAppender(self)
+
+    def append(self, batch: SampleBatch) -> AppendResult:
+        app = self.appender()
+        app.append_batch(batch)
+        return app.commit()
+
+    def _commit(self, batch: SampleBatch) -> AppendResult:
+        staged: dict[tuple[tuple[str, str], ...], dict[int, float]] = {}
+        dups = 0
+        created = 0
+        for k in range(len(batch)):
+            key = tuple(sorted(batch.series[int(batch.series_index[k])].items()))
+            t, v = int(batch.t_ms[k]), float(batch.values[k])
+            have = self.rows.get(key, {})
+            newest = max(have) if have else None
+            if t in have and (have[t] == v or (np.isnan(have[t]) and np.isnan(v))):
+                dups += 1
+                continue
+            if newest is not None and t <= newest:
+                raise OutOfOrderError(f"out of order sample for {dict(key)} at {t}")
+            staged.setdefault(key, {})[t] = v
+        for key, samples in staged.items():
+            if key not in self.rows:
+                created += 1
+            self.rows.setdefault(key, {}).update(samples)
+        return AppendResult(len(batch) - dups, dups, created)
+
+    def select(
+        self,
+        matchers: Sequence[Matcher],
+        mint_ms: int,
+        maxt_ms: int,
+        hints: SelectHints | None = None,
+    ) -> list[Series]:
+        out = []
+        for key in sorted(self.rows):
+            labels = dict(key)
+            if not matches_all(labels, matchers):
+                continue
+            ts = sorted(t for t in self.rows[key] if mint_ms <= t <= maxt_ms)
+            if ts:
+                out.append(
+                    Series(
+                        labels,
+                        np.asarray(ts, np.int64),
+                        np.asarray([self.rows[key][t] for t in ts], np.float64),
+                    )
+                )
+        return out
+
+    def series(
+        self, matchers: Sequence[Matcher], mint_ms: int | None = None, maxt_ms: int | None = None
+    ) -> list[dict[str, str]]:
+        lo = mint_ms if mint_ms is not None else -(2**62)
+        hi = maxt_ms if maxt_ms is not None else 2**62
+        return [s.labels for s in self.select(matchers, lo, hi)]
+
+    def label_names(self, matchers: Sequence[Matcher] = ()) -> list[str]:
+        return sorted({n for labels in self.series(matchers) for n in labels})
+
+    def label_values(self, name: str, matchers: Sequence[Matcher] = ()) -> list[str]:
+        return sorted({lab[name] for lab in self.series(matchers) if name in lab})
+
+    def delete_before(self, t_ms: int) -> int:
+        dropped = 0
+        for samples in self.rows.values():
+            old = [t for t in samples if t < t_ms]
+            dropped += len(old)
+            for t in old:
+                del samples[t]
+        return dropped
+
+    def stats(self) -> StoreStats:
+        ts = [t for s in self.rows.values() for t in s]
+        return StoreStats(
+            len(self.rows), len(ts), min(ts) if ts else None, max(ts) if ts else None, 0
+        )
+
+    def close(self) -> None:
+        return None
+
+
+class _BufferAppender:
+    def __init__(self, store: FakeMetricStore) -> None:
+        self._store = store
+        self._parts: list[SampleBatch] = []
+        self._rows: list[tuple[Mapping[str, str], int, float]] = []
+
+    def append(self, labels: Mapping[str, str], t_ms: int, value: float) -> None:
+        self._rows.append((labels, t_ms, value))
+
+    def append_batch(self, batch: SampleBatch) -> None:
+        self._parts.append(batch)
+
+    def commit(self) -> AppendResult:
+        batch = SampleBatch.concat([*self._parts, SampleBatch.from_rows(self._rows)])
+        return self._store._commit(batch)
+
+    def rollback(self) -> None:
+        self._parts.clear()
+        self._rows.clear()
