@@ -219,14 +219,16 @@ _ALL: tuple[Metric, ...] = (
     # --- the agent's own health ---
     _m("fleet_agent_cycle_seconds", "gauge", "seconds", _N, "agent",
        "Wall time of the agent's last collection cycle."),
+    _m("fleet_agent_collector_seconds", "gauge", "seconds", (*_N, "collector"), "agent",
+       "Wall time of each collector in the agent's last cycle."),
     _m("fleet_agent_collector_errors_total", "counter", "errors", (*_N, "collector"), "agent",
        "Collection cycles in which a collector failed."),
     _m("fleet_agent_pushed_samples_total", "counter", "samples", _N, "agent",
        "Samples accepted by the remote-write endpoint."),
     _m("fleet_agent_push_failures_total", "counter", "failures", _N, "agent",
-       "Remote-write pushes that failed and were kept for retry."),
+       "Remote-write pushes that failed, whether the batch was kept for retry or dropped."),
     _m("fleet_agent_dropped_samples_total", "counter", "samples", _N, "agent",
-       "Samples dropped because the send queue was full."),
+       "Samples dropped: send queue full, batch unencodable, or refused with a non-retryable 4xx."),
 )
 # fmt: on
 

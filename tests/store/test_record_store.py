@@ -76,11 +76,3 @@ def test_events_round_trip() -> None:
     assert xid.time == T0
     since = int((T0 + timedelta(minutes=1)).timestamp() * 1000)
     assert [e.subject for e in s.events(since_ms=since)] == ["llama"]
-
-
-def test_meta_persists(tmp_path: Path) -> None:
-    s = DuckDBStore(tmp_path / "r.duckdb")
-    s.set_meta("sim.seed", "7")
-    s.set_meta("sim.seed", "8")
-    s.close()
-    assert DuckDBStore(tmp_path / "r.duckdb").get_meta("sim.seed") == "8"

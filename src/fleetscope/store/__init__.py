@@ -162,8 +162,9 @@ class SelectHints:
 
     Hints only allow an adapter to send back less; they never change what a correct caller
     computes. With ``step_ms`` set and ``func`` unset, an adapter may return, per series, only
-    the newest sample in ``(t - lookback_ms, t]`` for each evaluation time
-    ``t = start_ms + k * step_ms`` (``t <= end_ms``): exactly what instant selectors read.
+    the newest sample in ``[t - lookback_ms, t]`` (Prometheus 2.x's closed lookback window) for
+    each evaluation time ``t = start_ms + k * step_ms`` (``t <= end_ms``): exactly what instant
+    selectors read.
     """
 
     start_ms: int

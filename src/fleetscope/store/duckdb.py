@@ -57,7 +57,6 @@ CREATE TABLE IF NOT EXISTS jobs (
     pending_reason VARCHAR, restarts INTEGER, image VARCHAR, source VARCHAR);
 CREATE TABLE IF NOT EXISTS events (time_ms BIGINT NOT NULL, kind VARCHAR NOT NULL,
                                    subject VARCHAR NOT NULL, attrs VARCHAR);
-CREATE TABLE IF NOT EXISTS meta (key VARCHAR NOT NULL, value VARCHAR NOT NULL);
 """
 
 _SAMPLES_SCHEMA = pa.schema([("series_id", pa.int32()), ("t", pa.int64()), ("v", pa.float64())])
@@ -114,6 +113,9 @@ class DuckDBStore:
         self._lock = threading.Lock()
         self._labels: list[dict[str, str]] = []
         self._ids: dict[str, int] = {}
+        # label pairs in the order a client sent them → id; skips building the canonical key
+        # for series seen before (the common case: every scrape repeats the same label sets)
+        self._seen: dict[tuple[tuple[str, str], ...], int] = {}
         self._by_name: dict[str, list[int]] = {}
         self._head = np.empty(0, np.int64)
         self._load_index()
@@ -168,14 +170,20 @@ class DuckDBStore:
         new_series: list[tuple[int, dict[str, str], str]] = []
         staged: dict[str, int] = {}
         next_id = len(self._labels)
+        seen = self._seen
         for i, labels in enumerate(batch.series):
-            if not labels.get(METRIC_NAME):
-                raise InvalidBatchError(f"series {labels} has no metric name")
-            key = _key(labels)
-            sid = self._ids.get(key, staged.get(key))
+            pairs = tuple(labels.items())
+            sid = seen.get(pairs)
             if sid is None:
-                sid = staged[key] = next_id + len(new_series)
-                new_series.append((sid, dict(labels), key))
+                if not labels.get(METRIC_NAME):
+                    raise InvalidBatchError(f"series {labels} has no metric name")
+                key = _key(labels)
+                sid = self._ids.get(key, staged.get(key))
+                if sid is None:
+                    sid = staged[key] = next_id + len(new_series)
+                    new_series.append((sid, dict(labels), key))
+                elif sid < next_id:
+                    seen[pairs] = sid
             local[i] = sid
         ids = local[batch.series_index]
         t = batch.t_ms.astype(np.int64, copy=False)
@@ -504,21 +512,7 @@ class DuckDBStore:
             for r in rows
         ]
 
-    # ----------------------------------------------------------------- meta and lifecycle
-
-    def get_meta(self, key: str) -> str | None:
-        """A small persistent setting of the store (e.g. how far the simulator backfilled)."""
-        cur = self._con.cursor()
-        try:
-            row = cur.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
-        finally:
-            cur.close()
-        return None if row is None else str(row[0])
-
-    def set_meta(self, key: str, value: str) -> None:
-        with self._lock:
-            self._con.execute("DELETE FROM meta WHERE key = ?", [key])
-            self._con.execute("INSERT INTO meta VALUES (?, ?)", [key, value])
+    # ----------------------------------------------------------------- lifecycle
 
     def checkpoint(self) -> None:
         """Fold the WAL into the database file (compresses freshly appended row groups)."""
