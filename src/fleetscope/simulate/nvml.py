@@ -1,0 +1,251 @@
+"""A fake NVML: the subset of nvidia-ml-py's ``pynvml`` API that Fleetscope's collector uses.
+
+:class:`FakeNVML` is handed to :class:`fleetscope.collect.gpu.GPUCollector` in place of the
+``pynvml`` module, so the real collector runs unchanged in tests and in the simulator; each fake
+node gets its own instance, so several run in one process.
+
+Faithfulness, decided once:
+
+- **Exceptions and constants are pynvml's own.** ``FakeNVML.NVMLError``,
+  ``FakeNVML.NVMLError_NotSupported``, ``FakeNVML.NVML_TEMPERATURE_GPU`` … *are* the objects of
+  the installed ``pynvml`` (every ``NVMLError*`` class and ``NVML_*`` constant is reachable as an
+  attribute), so ``except nvml.NVMLError_NotSupported`` and ``except pynvml.NVMLError_NotSupported``
+  catch the same thing, ``err.value`` equals pynvml's ``NVML_ERROR_*`` code, and
+  ``NVMLError(code)`` maps to the right subclass, exactly as with the real library.
+- **Return shapes are pynvml's own structs.** Utilization and memory info are pynvml's ctypes
+  structs (``c_nvmlUtilization_t``, ``c_nvmlMemory_t``/``_v2_t``); running processes are
+  ``pynvml.nvmlFriendlyObject`` with ``pid``, ``usedGpuMemory``, ``gpuInstanceId``,
+  ``computeInstanceId``; strings are ``str``; scalar readings are ``int``.
+- **Units are NVML's**: percent, bytes, milli-watts, milli-joules, MHz, KB/s, °C.
+- **Behaviour**: every call before :meth:`FakeNVML.nvmlInit` (or after the matching
+  :meth:`~FakeNVML.nvmlShutdown`) raises ``NVMLError_Uninitialized``; a device with ``lost=True``
+  raises ``NVMLError_GpuIsLost`` from every per-device call, including
+  ``nvmlDeviceGetHandleByIndex``; a function name in ``FakeDevice.unsupported`` raises
+  ``NVMLError_NotSupported`` for that device; a bad index raises ``NVMLError_InvalidArgument``.
+  Volatile and aggregate ECC counters read the same fake counter.
+
+The simulator drives a :class:`FakeDevice` by mutating its fields in place; :class:`FakeNVML`
+keeps the list it was given (no copy) and looks devices up by position on every call.
+``FakeNVML.calls`` counts calls per function name (tests use it to prove that a collector stops
+asking for an unsupported field).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import pynvml
+
+__all__ = ["FakeDevice", "FakeHandle", "FakeNVML"]
+
+GIB = 1024**3
+
+
+@dataclass
+class FakeDevice:
+    """One fake GPU; every field is in the unit NVML reports."""
+
+    index: int
+    uuid: str
+    name: str  # NVML name, e.g. "NVIDIA H100 80GB HBM3"
+    memory_total_bytes: int = 80 * GIB
+    memory_used_bytes: int = 0
+    gpu_util_pct: int = 0  # 0–100
+    mem_util_pct: int = 0  # 0–100
+    temperature_c: int = 30
+    power_mw: int = 60_000
+    power_limit_mw: int = 700_000
+    energy_mj: int = 0  # monotonic since driver load
+    sm_clock_mhz: int = 1_980
+    throttle_reasons: int = 0  # NVML clocks event reasons bitmask
+    ecc_corrected: int = 0
+    ecc_uncorrected: int = 0
+    pcie_tx_kbps: int = 0  # KB/s
+    pcie_rx_kbps: int = 0  # KB/s
+    processes: list[tuple[int, int]] = field(default_factory=list)  # (pid, used bytes)
+    unsupported: set[str] = field(default_factory=set)  # NVML function names
+    lost: bool = False
+
+
+@dataclass(frozen=True)
+class FakeHandle:
+    """An opaque device handle (NVML's is a ctypes pointer); holds the device's position."""
+
+    index: int
+
+
+def _error(code: int) -> Exception:
+    """pynvml's exception for ``code`` (``NVMLError`` maps it to its subclass)."""
+    err: Exception = pynvml.NVMLError(code)
+    return err
+
+
+class FakeNVML:
+    """An in-memory stand-in for the ``pynvml`` module (see the module docstring)."""
+
+    # The exceptions and constants the collector names; every other ``NVMLError*`` class and
+    # ``NVML_*`` constant of pynvml is served by ``__getattr__``.
+    NVMLError = pynvml.NVMLError
+    NVMLError_NotSupported = pynvml.NVMLError_NotSupported
+    NVMLError_GpuIsLost = pynvml.NVMLError_GpuIsLost
+    NVMLError_Uninitialized = pynvml.NVMLError_Uninitialized
+    NVMLError_FunctionNotFound = pynvml.NVMLError_FunctionNotFound
+    NVMLError_InvalidArgument = pynvml.NVMLError_InvalidArgument
+    NVML_TEMPERATURE_GPU = pynvml.NVML_TEMPERATURE_GPU
+    NVML_CLOCK_SM = pynvml.NVML_CLOCK_SM
+    NVML_MEMORY_ERROR_TYPE_CORRECTED = pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED
+    NVML_MEMORY_ERROR_TYPE_UNCORRECTED = pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED
+    NVML_VOLATILE_ECC = pynvml.NVML_VOLATILE_ECC
+    NVML_AGGREGATE_ECC = pynvml.NVML_AGGREGATE_ECC
+    NVML_PCIE_UTIL_TX_BYTES = pynvml.NVML_PCIE_UTIL_TX_BYTES
+    NVML_PCIE_UTIL_RX_BYTES = pynvml.NVML_PCIE_UTIL_RX_BYTES
+
+    def __init__(
+        self,
+        devices: list[FakeDevice],
+        *,
+        driver_version: str = "550.54.15",
+        init_error: int | None = None,
+    ) -> None:
+        """``init_error``: an ``NVML_ERROR_*`` code that ``nvmlInit`` raises (no driver …)."""
+        self.devices = devices
+        self.driver_version = driver_version
+        self.init_error = init_error
+        self.calls: Counter[str] = Counter()
+        self._refcount = 0
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith(("NVML_", "NVMLError")) and hasattr(pynvml, name):
+            return getattr(pynvml, name)
+        raise AttributeError(f"FakeNVML has no attribute {name!r}")
+
+    # -- library ---------------------------------------------------------------------------
+
+    def nvmlInit(self) -> None:
+        self.calls["nvmlInit"] += 1
+        if self.init_error is not None:
+            raise _error(self.init_error)
+        self._refcount += 1
+
+    def nvmlShutdown(self) -> None:
+        self._check("nvmlShutdown")
+        self._refcount -= 1
+
+    def nvmlSystemGetDriverVersion(self) -> str:
+        self._check("nvmlSystemGetDriverVersion")
+        return self.driver_version
+
+    def nvmlDeviceGetCount(self) -> int:
+        self._check("nvmlDeviceGetCount")
+        return len(self.devices)
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> FakeHandle:
+        self._check("nvmlDeviceGetHandleByIndex")
+        if not 0 <= index < len(self.devices):
+            raise _error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        if self.devices[index].lost:
+            raise _error(pynvml.NVML_ERROR_GPU_IS_LOST)
+        return FakeHandle(index)
+
+    # -- identity --------------------------------------------------------------------------
+
+    def nvmlDeviceGetIndex(self, handle: FakeHandle) -> int:
+        return self._device("nvmlDeviceGetIndex", handle).index
+
+    def nvmlDeviceGetUUID(self, handle: FakeHandle) -> str:
+        return self._device("nvmlDeviceGetUUID", handle).uuid
+
+    def nvmlDeviceGetName(self, handle: FakeHandle) -> str:
+        return self._device("nvmlDeviceGetName", handle).name
+
+    # -- readings --------------------------------------------------------------------------
+
+    def nvmlDeviceGetUtilizationRates(self, handle: FakeHandle) -> Any:
+        d = self._device("nvmlDeviceGetUtilizationRates", handle)
+        return pynvml.c_nvmlUtilization_t(gpu=d.gpu_util_pct, memory=d.mem_util_pct)
+
+    def nvmlDeviceGetMemoryInfo(self, handle: FakeHandle, version: int | None = None) -> Any:
+        d = self._device("nvmlDeviceGetMemoryInfo", handle)
+        total, used = d.memory_total_bytes, d.memory_used_bytes
+        if not version:
+            return pynvml.c_nvmlMemory_t(total=total, free=total - used, used=used)
+        return pynvml.c_nvmlMemory_v2_t(
+            version=version, total=total, reserved=0, free=total - used, used=used
+        )
+
+    def nvmlDeviceGetTemperature(self, handle: FakeHandle, sensor: int) -> int:
+        d = self._device("nvmlDeviceGetTemperature", handle)
+        if sensor != pynvml.NVML_TEMPERATURE_GPU:
+            raise _error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        return d.temperature_c
+
+    def nvmlDeviceGetPowerUsage(self, handle: FakeHandle) -> int:
+        return self._device("nvmlDeviceGetPowerUsage", handle).power_mw
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, handle: FakeHandle) -> int:
+        return self._device("nvmlDeviceGetEnforcedPowerLimit", handle).power_limit_mw
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle: FakeHandle) -> int:
+        return self._device("nvmlDeviceGetTotalEnergyConsumption", handle).energy_mj
+
+    def nvmlDeviceGetClockInfo(self, handle: FakeHandle, type: int) -> int:
+        d = self._device("nvmlDeviceGetClockInfo", handle)
+        if type != pynvml.NVML_CLOCK_SM:
+            raise _error(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return d.sm_clock_mhz
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, handle: FakeHandle) -> int:
+        return self._device("nvmlDeviceGetCurrentClocksEventReasons", handle).throttle_reasons
+
+    def nvmlDeviceGetCurrentClocksThrottleReasons(self, handle: FakeHandle) -> int:
+        return self._device("nvmlDeviceGetCurrentClocksThrottleReasons", handle).throttle_reasons
+
+    def nvmlDeviceGetTotalEccErrors(
+        self, handle: FakeHandle, errorType: int, counterType: int
+    ) -> int:
+        d = self._device("nvmlDeviceGetTotalEccErrors", handle)
+        if counterType not in (pynvml.NVML_VOLATILE_ECC, pynvml.NVML_AGGREGATE_ECC):
+            raise _error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        if errorType == pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED:
+            return d.ecc_corrected
+        if errorType == pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED:
+            return d.ecc_uncorrected
+        raise _error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+
+    def nvmlDeviceGetPcieThroughput(self, device: FakeHandle, counter: int) -> int:
+        d = self._device("nvmlDeviceGetPcieThroughput", device)
+        if counter == pynvml.NVML_PCIE_UTIL_TX_BYTES:
+            return d.pcie_tx_kbps
+        if counter == pynvml.NVML_PCIE_UTIL_RX_BYTES:
+            return d.pcie_rx_kbps
+        raise _error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: FakeHandle) -> list[Any]:
+        d = self._device("nvmlDeviceGetComputeRunningProcesses", handle)
+        na = pynvml.NVML_VALUE_NOT_AVAILABLE_uint.value  # not a MIG instance
+        return [
+            pynvml.nvmlFriendlyObject(
+                {"pid": pid, "usedGpuMemory": used, "gpuInstanceId": na, "computeInstanceId": na}
+            )
+            for pid, used in d.processes
+        ]
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _check(self, fn: str) -> None:
+        self.calls[fn] += 1
+        if self._refcount <= 0:
+            raise _error(pynvml.NVML_ERROR_UNINITIALIZED)
+
+    def _device(self, fn: str, handle: FakeHandle) -> FakeDevice:
+        self._check(fn)
+        if not isinstance(handle, FakeHandle) or not 0 <= handle.index < len(self.devices):
+            raise _error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        d = self.devices[handle.index]
+        if d.lost:
+            raise _error(pynvml.NVML_ERROR_GPU_IS_LOST)
+        if fn in d.unsupported:
+            raise _error(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return d
