@@ -1,0 +1,74 @@
+"""HTML pages (Jinja2): the fleet overview at ``/``.
+
+View state lives in the query string (``window``, ``refresh``) so a view can be shared by URL.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+import plotly
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from fleetscope.store import MetricStore, RecordStore
+from fleetscope.web import view
+from fleetscope.web.params import REFRESH, WINDOWS, parse_duration
+from fleetscope.web.settings import WebSettings
+
+MAX_ROWS = 50  # job table rows shown
+
+
+def make_router(
+    settings: WebSettings, metrics: MetricStore, records: RecordStore, templates: Jinja2Templates
+) -> APIRouter:
+    router = APIRouter(default_response_class=HTMLResponse)
+
+    def error(request: Request, message: str) -> Response:
+        context = {"title": settings.title, "message": message}
+        return templates.TemplateResponse(request, "error.html", context, status_code=400)
+
+    @router.get("/", include_in_schema=False)
+    def overview_page(request: Request, window: str = "", refresh: str = "off") -> Response:
+        window = window or settings.default_window
+        try:
+            window_ms = parse_duration(window)
+        except ValueError as exc:
+            return error(request, str(exc))
+        if refresh not in REFRESH:
+            return error(request, f"refresh must be one of {', '.join(REFRESH)}, not {refresh!r}")
+        now_ms = int(settings.clock() * 1000)
+        ov = view.build(
+            metrics,
+            records,
+            window=window,
+            window_ms=window_ms,
+            now_ms=now_ms,
+            idle_threshold=settings.idle_threshold,
+        )
+
+        def link(**change: str) -> str:
+            state = {"window": window, "refresh": refresh} | change
+            if state["refresh"] == "off":
+                del state["refresh"]
+            return "/?" + urlencode(state)
+
+        context: dict[str, Any] = {
+            "title": settings.title,
+            "ov": ov,
+            "window": window,
+            "windows": WINDOWS,
+            "refresh": refresh,
+            "refresh_choices": list(REFRESH),
+            "refresh_s": REFRESH[refresh],
+            "link": link,
+            "updated": view.utc(now_ms)[11:],
+            "charts": [{"id": c.id, "figure": c.figure} for c in ov.charts],
+            "plotly_version": plotly.__version__,
+            "max_rows": MAX_ROWS,
+        }
+        return templates.TemplateResponse(request, "overview.html", context)
+
+    return router
