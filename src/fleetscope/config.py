@@ -33,8 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-_DURATION = re.compile(r"^(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$")
-_UNIT_MS = (7 * 86_400_000, 86_400_000, 3_600_000, 60_000, 1000, 1)
+_DURATION = re.compile(
+    r"^(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$"
+)
+_UNIT_MS = (365 * 86_400_000, 7 * 86_400_000, 86_400_000, 3_600_000, 60_000, 1000, 1)
 
 
 class ConfigError(ValueError):
@@ -42,16 +44,19 @@ class ConfigError(ValueError):
 
 
 def parse_duration_ms(text: str) -> int:
-    """Milliseconds in a Prometheus duration (``90s``, ``15m``, ``1h30m``, ``7d``, ``2w``).
+    """Milliseconds in a Prometheus duration (``90s``, ``15m``, ``1h30m``, ``7d``, ``2w``, ``1y``).
 
     Raises ``ValueError`` with a message for anything else, including zero.
     """
     m = _DURATION.match(text.strip())
     if not text.strip() or m is None:
-        raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 15m, 24h, 7d, 2w)")
+        raise ValueError(
+            f"{text!r} is not a duration: use a number and a unit (ms, s, m, h, d, w, y), "
+            "e.g. 30s, 15m, 24h, 7d"
+        )
     total = sum(int(g) * unit for g, unit in zip(m.groups(), _UNIT_MS, strict=True) if g)
     if total <= 0:
-        raise ValueError(f"duration must be positive: {text!r}")
+        raise ValueError(f"duration {text!r} must be longer than zero")
     return total
 
 

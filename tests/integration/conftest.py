@@ -21,7 +21,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 VICTORIA_METRICS = "/usr/bin/victoria-metrics"
 PROMETHEUS = "/usr/bin/prometheus"
@@ -157,18 +157,6 @@ def serve_asgi(app: Any) -> Iterator[str]:
         thread.join(15)
 
 
-@contextmanager
-def serve_registry(registry: CollectorRegistry) -> Iterator[str]:
-    """Serve a prometheus_client registry on a free loopback port; yields its /metrics URL."""
-    httpd, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
-    try:
-        yield f"http://127.0.0.1:{httpd.server_port}/metrics"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(5)
-
-
 @pytest.fixture
 def victoria_metrics(tmp_path: Path) -> Iterator[Service]:
     """A running VictoriaMetrics single node, stopped after the test."""
@@ -197,7 +185,9 @@ def asgi_server() -> Iterator[Callable[[Any], str]]:
 
 
 @pytest.fixture
-def metrics_endpoint() -> Iterator[Callable[[CollectorRegistry], str]]:
+def metrics_endpoint(
+    serve_registry: Callable[[CollectorRegistry], AbstractContextManager[str]],
+) -> Iterator[Callable[[CollectorRegistry], str]]:
     """Factory: ``metrics_endpoint(registry)`` serves it and returns the /metrics URL."""
     with ExitStack() as stack:
         yield lambda registry: stack.enter_context(serve_registry(registry))

@@ -375,6 +375,50 @@ class FakeMetricStore:
         return None
 
 
+@dataclass
+class FakeRecordStore:
+    """In-memory :class:`RecordStore` for tests of other stages: jobs keyed by (cluster, id)."""
+
+    stored: dict[tuple[str, str], Job] = field(default_factory=dict)
+    stored_events: list[Event] = field(default_factory=list)
+
+    def upsert_jobs(self, jobs: Sequence[Job]) -> int:
+        latest = {(j.cluster, j.id): j for j in jobs}
+        self.stored.update(latest)
+        return len(latest)
+
+    def jobs(
+        self,
+        *,
+        states: Sequence[str] = (),
+        team: str | None = None,
+        active_between: tuple[int, int] | None = None,
+        limit: int | None = None,
+    ) -> list[Job]:
+        out = [
+            j
+            for j in self.stored.values()
+            if (not states or j.state in states) and (team is None or j.team == team)
+        ]
+        out.sort(key=lambda j: j.submit, reverse=True)
+        return out[:limit] if limit is not None else out
+
+    def job(self, job_id: str, cluster: str = "default") -> Job | None:
+        return self.stored.get((cluster, job_id))
+
+    def add_events(self, events: Sequence[Event]) -> int:
+        self.stored_events.extend(events)
+        return len(events)
+
+    def events(
+        self, *, kinds: Sequence[str] = (), since_ms: int | None = None, limit: int | None = None
+    ) -> list[Event]:
+        return [e for e in self.stored_events if not kinds or e.kind in kinds][:limit]
+
+    def close(self) -> None:
+        return None
+
+
 class _BufferAppender:
     def __init__(self, store: FakeMetricStore) -> None:
         self._store = store

@@ -2,41 +2,21 @@
 
 from __future__ import annotations
 
-import re
+from fleetscope.config import parse_duration_ms
 
 WINDOWS = ("1h", "6h", "24h", "7d", "14d")  # the time-range picker
 REFRESH = {"off": 0, "30s": 30, "1m": 60}  # auto-refresh choices → seconds
 MAX_WINDOW_MS = 400 * 86_400_000
-_UNITS_MS = {
-    "y": 365 * 86_400_000,
-    "w": 7 * 86_400_000,
-    "d": 86_400_000,
-    "h": 3_600_000,
-    "m": 60_000,
-    "s": 1_000,
-    "ms": 1,
-}
-_DURATION = re.compile(
-    r"(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?"
-)
 _NICE_STEPS_S = (15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
 POINTS = 240  # target points per line chart
 
 
 def parse_duration(text: str) -> int:
-    """Milliseconds of a Prometheus duration (``30m``, ``1h30m``, ``7d``, ``2w``).
+    """Milliseconds of a window given as a Prometheus duration (``30m``, ``7d``, ``2w``).
 
     Raises ``ValueError`` with a message for anything else, zero, or more than 400 days.
     """
-    m = _DURATION.fullmatch(text.strip())
-    if not text.strip() or m is None:
-        raise ValueError(
-            f"window {text!r} is not a duration: use a number and a unit (ms, s, m, h, d, w, y), "
-            "e.g. 30m, 24h, 7d, 2w"
-        )
-    ms = sum(int(n) * unit for n, unit in zip(m.groups(), _UNITS_MS.values(), strict=True) if n)
-    if ms <= 0:
-        raise ValueError(f"window {text!r} must be longer than zero")
+    ms = parse_duration_ms(text)
     if ms > MAX_WINDOW_MS:
         raise ValueError(f"window {text!r} is longer than 400d")
     return ms
