@@ -125,8 +125,25 @@ def test_a_cycle_is_one_stamped_batch_and_a_broken_collector_costs_only_itself(
         assert value(batch, __name__=errors, collector="gpu", node="node1") == 0.0
         assert value(batch, __name__="fleet_agent_cycle_seconds", node="node1") is not None
         assert value(batch, __name__="fleet_agent_collector_seconds", collector="gpu") is not None
+        up = "fleet_agent_collector_up"
+        assert value(batch, __name__=up, collector="broken") == 0.0
+        assert value(batch, __name__=up, collector="gpu") == 1.0
         batch = agent.collect_once(1_700_000_015_000)
         assert value(batch, __name__=errors, collector="broken") == 2.0
+    finally:
+        agent.close()
+
+
+def test_a_node_without_nvml_reports_its_gpu_collector_down(node_root: Path) -> None:
+    import pynvml
+
+    nvml = FakeNVML([], init_error=pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+    agent = Agent("node1", default_collectors("node1", nvml=nvml, root=node_root))
+    try:
+        batch = agent.collect_once(1_700_000_000_000)
+        assert value(batch, __name__="fleet_agent_collector_up", collector="gpu") == 0.0
+        assert value(batch, __name__="fleet_agent_collector_up", collector="attribution") == 1.0
+        assert value(batch, __name__="fleet_gpu_up") is None
     finally:
         agent.close()
 

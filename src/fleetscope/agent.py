@@ -11,6 +11,8 @@ Self metrics (all labelled ``node``; catalog area ``agent``):
 - ``fleet_agent_cycle_seconds`` (gauge): wall time of the last cycle.
 - ``fleet_agent_collector_seconds{collector}`` (gauge): wall time of each collector last cycle.
 - ``fleet_agent_collector_errors_total{collector}`` (counter): cycles in which it raised.
+- ``fleet_agent_collector_up{collector}`` (gauge): 1 when it ran this cycle without raising and
+  without an ``init_error`` (its source could be opened), else 0.
 - ``fleet_agent_pushed_samples_total`` (counter): samples the remote-write endpoint accepted.
 - ``fleet_agent_push_failures_total`` (counter): pushes that failed (kept or dropped).
 - ``fleet_agent_dropped_samples_total`` (counter): samples given up on (queue full, unencodable,
@@ -124,14 +126,17 @@ class Agent:
         started = time.perf_counter()
         samples: list[Sample] = []
         timings: dict[str, float] = {}
+        up: dict[str, bool] = {}
         for collector in self.collectors:
             t0 = time.perf_counter()
             try:
                 samples.extend(collector.collect())
+                up[collector.name] = getattr(collector, "init_error", None) is None
             except Exception as err:
                 self._collector_failed(collector.name, err)
+                up[collector.name] = False
             timings[collector.name] = time.perf_counter() - t0
-        samples.extend(self._self_samples(time.perf_counter() - started, timings))
+        samples.extend(self._self_samples(time.perf_counter() - started, timings, up))
         self._latest = samples
         return _to_batch(samples, t_ms)
 
@@ -210,11 +215,15 @@ class Agent:
             self._logged.add(key)
             log.exception("collector %s failed", name)
 
-    def _self_samples(self, cycle_s: float, timings: Mapping[str, float]) -> Iterator[Sample]:
+    def _self_samples(
+        self, cycle_s: float, timings: Mapping[str, float], up: Mapping[str, bool]
+    ) -> Iterator[Sample]:
         node = {"node": self.node}
         yield Sample("fleet_agent_cycle_seconds", node, cycle_s)
         for name, seconds in timings.items():
             yield Sample("fleet_agent_collector_seconds", {**node, "collector": name}, seconds)
+        for name, ok in up.items():
+            yield Sample("fleet_agent_collector_up", {**node, "collector": name}, float(ok))
         for name, errors in self.collector_errors.items():
             labels = {**node, "collector": name}
             yield Sample("fleet_agent_collector_errors_total", labels, float(errors))

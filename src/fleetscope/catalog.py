@@ -221,6 +221,8 @@ _ALL: tuple[Metric, ...] = (
        "Wall time of the agent's last collection cycle."),
     _m("fleet_agent_collector_seconds", "gauge", "seconds", (*_N, "collector"), "agent",
        "Wall time of each collector in the agent's last cycle."),
+    _m("fleet_agent_collector_up", "gauge", "bool", (*_N, "collector"), "agent",
+       "1 when the collector ran this cycle and its source could be opened (e.g. NVML loaded)."),
     _m("fleet_agent_collector_errors_total", "counter", "errors", (*_N, "collector"), "agent",
        "Collection cycles in which a collector failed."),
     _m("fleet_agent_pushed_samples_total", "counter", "samples", _N, "agent",

@@ -10,6 +10,10 @@ yields :class:`Sample` values. The contract every collector keeps:
   samples; the others are still yielded. ``collect`` may raise only when the whole source is
   unusable in a way the collector cannot express (the agent counts and logs that, and still runs
   the other collectors).
+- **Say when the whole source is missing.** A collector whose source cannot be opened at all
+  (no NVML library, no driver) yields nothing and sets an ``init_error`` attribute to the reason
+  (``None`` once it works); the agent turns that into ``fleet_agent_collector_up 0``, so a node
+  without GPUs' libraries is told apart from a node with no GPUs.
 - **Base units, canonical names.** ``name`` is a canonical metric name from ``catalog.py``
   (DESIGN.md "Canonical metrics"); values are in base units: ratios 0–1, bytes, seconds, watts,
   joules, hertz, celsius. Counters end in ``_total`` and are cumulative.
