@@ -1,0 +1,206 @@
+"""Values inside the embedded PromQL evaluator: every node is evaluated over the whole step grid.
+
+A query is evaluated at ``steps`` times at once (one for an instant query). Each expression node
+returns one of:
+
+- :class:`Scalar`: one float per step.
+- :class:`String`: a string literal.
+- :class:`Vector`: an instant vector over all steps: ``labels[i]`` is series ``i``'s label set,
+  ``values[i, k]`` its value at step ``k`` and ``present[i, k]`` whether it has one (a value may be
+  NaN, so absence is a separate mask). Row order is the order Prometheus' engine would produce
+  the samples in; ``ordered`` marks vectors whose order is part of the result (``sort``,
+  ``topk`` …).
+- :class:`Matrix`: a range vector: the samples of each series (flat arrays, stale markers
+  removed) and, for each step, the window ``[range_end - range_ms, range_end]`` (inclusive, as in
+  Prometheus 2.x) given as flat index ranges ``lo[i, k]:hi[i, k]``.
+
+Label sets are :data:`Labels`: tuples of ``(name, value)`` pairs sorted by name, without empty
+values (Prometheus' "a label with an empty value does not exist").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from fleetscope.query import QueryError
+
+Labels = tuple[tuple[str, str], ...]
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+Bools = npt.NDArray[np.bool_]
+
+NAME = "__name__"
+STALE_NAN_BITS = 0x7FF0000000000002  # Prometheus' staleness marker (value.StaleNaN)
+DUPLICATE_LABELSET = "vector cannot contain metrics with the same labelset"
+
+
+# ----------------------------------------------------------------------------- label sets
+
+
+def make_labels(pairs: Mapping[str, str] | Iterable[tuple[str, str]]) -> Labels:
+    """A label set from a mapping or pairs; empty values are dropped."""
+    items = pairs.items() if isinstance(pairs, Mapping) else pairs
+    return tuple(sorted((k, v) for k, v in items if v != ""))
+
+
+def label_value(labels: Labels, name: str) -> str:
+    """The value of ``name`` (``""`` when the label is missing)."""
+    for k, v in labels:
+        if k == name:
+            return v
+    return ""
+
+
+def drop_name(labels: Labels) -> Labels:
+    return tuple(p for p in labels if p[0] != NAME)
+
+
+def set_label(labels: Labels, name: str, value: str) -> Labels:
+    """``labels`` with ``name`` set to ``value`` (removed when ``value`` is empty)."""
+    rest = [p for p in labels if p[0] != name]
+    if value != "":
+        rest.append((name, value))
+    return tuple(sorted(rest))
+
+
+def keep_labels(labels: Labels, names: frozenset[str]) -> Labels:
+    return tuple(p for p in labels if p[0] in names)
+
+
+def drop_labels(labels: Labels, names: frozenset[str]) -> Labels:
+    return tuple(p for p in labels if p[0] not in names)
+
+
+def format_labels(labels: Labels) -> str:
+    """Prometheus' ``labels.Labels.String()``: ``{a="1", b="2"}``."""
+    return "{" + ", ".join(f"{k}={go_quote(v)}" for k, v in labels) + "}"
+
+
+def go_quote(text: str) -> str:
+    """Go's ``strconv.Quote`` for the characters label values usually hold."""
+    out = ['"']
+    for ch in text:
+        if ch in ('"', "\\"):
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def label_dict(labels: Labels) -> dict[str, str]:
+    return dict(labels)
+
+
+# ----------------------------------------------------------------------------- values
+
+
+@dataclass
+class Scalar:
+    values: F64  # [steps]
+
+
+@dataclass
+class String:
+    text: str
+
+
+@dataclass
+class Vector:
+    labels: list[Labels]
+    values: F64  # [series, steps]
+    present: Bools  # [series, steps]
+    ordered: bool = False
+
+    @classmethod
+    def empty(cls, steps: int) -> Vector:
+        return cls([], np.empty((0, steps), np.float64), np.empty((0, steps), np.bool_))
+
+    @property
+    def steps(self) -> int:
+        return int(self.values.shape[1])
+
+    def take(self, rows: Sequence[int] | I64) -> Vector:
+        idx = np.asarray(rows, np.int64)
+        return Vector([self.labels[int(i)] for i in idx], self.values[idx], self.present[idx])
+
+
+@dataclass
+class Matrix:
+    labels: list[Labels]
+    t: I64  # flat sample times (ms), each series' run sorted
+    v: F64  # flat sample values, no stale markers
+    bounds: I64  # [series + 1] series i's samples are t[bounds[i]:bounds[i + 1]]
+    lo: I64  # [series, steps] first flat index in the step's window
+    hi: I64  # [series, steps] one past the last
+    range_end: I64  # [steps] the windows' inclusive end times (ms)
+    range_ms: int
+    absent_labels: Labels = ()
+
+    @property
+    def counts(self) -> I64:
+        return self.hi - self.lo
+
+
+Value = Scalar | String | Vector | Matrix
+
+
+def stale_mask(v: F64) -> Bools:
+    """True where a value is Prometheus' staleness marker (not any NaN)."""
+    return np.asarray(v.view(np.int64) == STALE_NAN_BITS)
+
+
+def merge_same_labels(vec: Vector, *, whole: bool = False) -> Vector:
+    """Rows with equal label sets become one row, as Prometheus' range evaluation merges them.
+
+    Two such rows present at the same step are Prometheus' "vector cannot contain metrics with
+    the same labelset" error; with ``whole`` any two rows with equal label sets are (the check
+    Prometheus makes on whole matrices: range-vector functions and unary minus).
+    """
+    first: dict[Labels, int] = {}
+    groups: dict[int, list[int]] = {}
+    for i, lab in enumerate(vec.labels):
+        j = first.setdefault(lab, i)
+        if j != i:
+            groups.setdefault(j, [j]).append(i)
+    if not groups:
+        return vec
+    if whole:
+        raise QueryError("execution", DUPLICATE_LABELSET)
+    values = vec.values.copy()
+    present = vec.present.copy()
+    drop: set[int] = set()
+    for j, rows in groups.items():
+        if (vec.present[rows].sum(axis=0) > 1).any():
+            raise QueryError("execution", DUPLICATE_LABELSET)
+        for i in rows[1:]:
+            p = vec.present[i]
+            values[j, p] = vec.values[i, p]
+            present[j] |= p
+            drop.add(i)
+    keep = [i for i in range(len(vec.labels)) if i not in drop]
+    return Vector([vec.labels[i] for i in keep], values[keep], present[keep], vec.ordered)
+
+
+def broadcast_steps(vec: Vector, steps: int) -> Vector:
+    """A one-step vector repeated over ``steps`` steps (step-invariant expressions)."""
+    if vec.steps == steps:
+        return vec
+    return Vector(
+        vec.labels,
+        np.repeat(vec.values, steps, axis=1),
+        np.repeat(vec.present, steps, axis=1),
+        vec.ordered,
+    )
