@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetscope.config import ConfigError, load, parse_duration_ms
+from fleetscope.config import ConfigError, MetricsBackend, load, parse_duration_ms
 
 
 @pytest.mark.parametrize(
@@ -56,5 +56,58 @@ def test_toml_then_environment(tmp_path: Path) -> None:
 def test_bad_settings_name_the_key(tmp_path: Path, toml: str, message: str) -> None:
     cfg = tmp_path / "fleetscope.toml"
     cfg.write_text(toml)
+    with pytest.raises(ConfigError, match=message):
+        load(cfg, env={})
+
+
+# ----------------------------------------------------------------------------- metrics backend
+
+
+def test_embedded_backend_is_the_default(tmp_path: Path) -> None:
+    backend = load(None, env={}).backend
+    assert backend.kind == "embedded" and backend.url is None and backend.headers == {}
+
+
+def test_prometheus_backend_defaults_its_remote_write_url(tmp_path: Path) -> None:
+    cfg = tmp_path / "fleetscope.toml"
+    cfg.write_text('[metrics]\nbackend = "prometheus"\nurl = "http://vm:8428/"\n')
+    backend = load(cfg, env={}).backend
+    assert backend == MetricsBackend("prometheus", "http://vm:8428", "http://vm:8428/api/v1/write")
+
+
+def test_prometheus_backend_from_toml_and_environment(tmp_path: Path) -> None:
+    cfg = tmp_path / "fleetscope.toml"
+    cfg.write_text(
+        '[metrics]\nbackend = "prometheus"\nurl = "http://mimir/prometheus"\n'
+        'remote_write_url = "http://mimir/api/v1/push"\nbearer_token = "from-toml"\n'
+    )
+    backend = load(cfg, env={"FLEETSCOPE_METRICS_BEARER_TOKEN": "from-env"}).backend
+    assert backend.url == "http://mimir/prometheus"
+    assert backend.remote_write_url == "http://mimir/api/v1/push"
+    assert backend.headers == {"Authorization": "Bearer from-env"}
+    env = {"FLEETSCOPE_METRICS_BACKEND": "prometheus", "FLEETSCOPE_METRICS_URL": "https://p:9090"}
+    assert load(None, env=env).backend.remote_write_url == "https://p:9090/api/v1/write"
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        pytest.param('backend = "thanos"\n', r'metrics.backend must be "embedded" or "prometheus"',
+                     id="unknown-backend"),
+        pytest.param('backend = "prometheus"\n', "metrics.url is required", id="no-url"),
+        pytest.param('backend = "prometheus"\nurl = "prometheus:9090"\n',
+                     "metrics.url must be an http:// or https:// URL", id="url-scheme"),
+        pytest.param('backend = "prometheus"\nurl = "http://p:9090"\nremote_write_url = "p/w"\n',
+                     "metrics.remote_write_url must be an http", id="write-url"),
+        pytest.param('backend = "prometheus"\nurl = "http://p:9090"\nbearer_token = " "\n',
+                     "metrics.bearer_token is empty", id="empty-token"),
+        pytest.param('url = "http://p:9090"\n',
+                     r'metrics.url is set but metrics.backend is "embedded"', id="url-no-backend"),
+        pytest.param("backend = 1\n", "metrics.backend must be a str", id="backend-type"),
+    ],
+)  # fmt: skip
+def test_bad_backend_settings_name_the_key(tmp_path: Path, toml: str, message: str) -> None:
+    cfg = tmp_path / "fleetscope.toml"
+    cfg.write_text("[metrics]\n" + toml)
     with pytest.raises(ConfigError, match=message):
         load(cfg, env={})

@@ -129,13 +129,22 @@ def _open_stores(settings: Settings) -> object:
         raise typer.Exit(1) from exc
 
 
-def _web_app(settings: Settings, store: object) -> tuple[object, str]:
+def _engine(settings: Settings) -> Any | None:
+    """The configured backend's PromQL engine; ``None`` means the embedded evaluator."""
+    if settings.backend.kind != "prometheus":
+        return None
+    from fleetscope.store.prometheus_api import PrometheusEngine
+
+    return PrometheusEngine(settings.backend.url or "", headers=settings.backend.headers)
+
+
+def _web_app(settings: Settings, store: object, engine: Any | None = None) -> tuple[object, str]:
     from fleetscope.web.app import create_app
     from fleetscope.web.auth import AdminToken
     from fleetscope.web.settings import WebSettings
 
     web_settings = WebSettings(data_dir=settings.data_dir, idle_threshold=settings.idle_threshold)
-    web_app = create_app(web_settings, store, store)  # type: ignore[arg-type]
+    web_app = create_app(web_settings, store, store, engine)  # type: ignore[arg-type]
     token = AdminToken.load_or_create(settings.data_dir)
     return web_app, token.value
 
@@ -153,8 +162,10 @@ def _print_login(settings: Settings, token: str) -> None:
 def _server_stages(settings: Settings, store: object) -> list[_Stage]:
     from fleetscope.store.retention import Retention
 
-    retention = Retention(store, settings.retention_ms)  # type: ignore[arg-type]
-    stages = [_Stage("retention", retention.run, retention.stop)]
+    stages = []
+    if settings.backend.kind == "embedded":  # an external backend keeps its own retention
+        retention = Retention(store, settings.retention_ms)  # type: ignore[arg-type]
+        stages.append(_Stage("retention", retention.run, retention.stop))
     if settings.scrape:
         import asyncio
 
@@ -181,15 +192,24 @@ def server(
     config: ConfigOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
-    """Serve the UI, the APIs and the remote-write receiver on a store (no simulator)."""
+    """Serve the UI, the APIs and the remote-write receiver on a store (no simulator).
+
+    With `[metrics] backend = "prometheus"` in the settings, PromQL (/api/v1/query …) goes to
+    that Prometheus-compatible server; records stay in the local store.
+    """
     _logging(verbose)
     settings = _settings(config, data, host, port)
     store = _open_stores(settings)
-    web_app, token = _web_app(settings, store)
+    engine = _engine(settings)
+    web_app, token = _web_app(settings, store, engine)
     _print_login(settings, token)
+    if engine is not None:
+        console.print(f"  PromQL backend: {settings.backend.url}")
     try:
         _serve(settings, web_app, _server_stages(settings, store))
     finally:
+        if engine is not None:
+            engine.close()
         store.close()  # type: ignore[attr-defined]
 
 
@@ -327,6 +347,13 @@ def up(
 
     _logging(verbose)
     settings = _settings(config, data, host, port)
+    if settings.backend.kind != "embedded":
+        console.print(
+            "[red]fleetscope up runs on the embedded store.[/red] With a Prometheus-compatible "
+            "backend run `fleetscope server` and point `fleetscope simulate --push` at "
+            f"{settings.backend.remote_write_url}."
+        )
+        raise typer.Exit(2)
     history_ms = _duration(history, "--history")
     store = _open_stores(settings)
     web_app, token = _web_app(settings, store)

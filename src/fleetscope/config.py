@@ -12,7 +12,11 @@ Example ``fleetscope.toml``::
     port = 8000
 
     [metrics]
-    retention = "30d"          # samples older than this are dropped
+    retention = "30d"          # samples older than this are dropped (embedded backend)
+    backend = "embedded"       # or "prometheus": any Prometheus-compatible server (below)
+    # url = "http://victoria-metrics:8428"      # its query API base (before /api/v1)
+    # remote_write_url = "http://…/api/v1/write" # where agents push (default <url>/api/v1/write)
+    # bearer_token = "…"                          # or env FLEETSCOPE_METRICS_BEARER_TOKEN
 
     [[scrape]]                 # existing exporters to scrape (dcgm-exporter, node_exporter, …)
     url = "http://gpu-01:9400/metrics"
@@ -31,7 +35,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 _DURATION = re.compile(
     r"^(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$"
@@ -70,6 +74,34 @@ class ScrapeConfig:
     interval_s: float = 15.0
 
 
+BackendKind = Literal["embedded", "prometheus"]
+BACKENDS: tuple[BackendKind, ...] = ("embedded", "prometheus")
+
+
+@dataclass(frozen=True)
+class MetricsBackend:
+    """Where metrics live and PromQL is answered (DESIGN.md "Shape of the system").
+
+    ``embedded``: the DuckDB store and Fleetscope's evaluator. ``prometheus``: a
+    Prometheus-compatible server whose query API is at ``url`` (the part before ``/api/v1``:
+    ``http://prometheus:9090``, ``http://vm:8428``, ``http://vmselect:8481/select/0/prometheus``,
+    ``http://mimir/prometheus``); agents remote-write to ``remote_write_url`` (default
+    ``<url>/api/v1/write``; Mimir wants ``/api/v1/push``, VictoriaMetrics cluster
+    ``http://vminsert:8480/insert/0/prometheus/api/v1/write``). ``bearer_token`` is sent as
+    ``Authorization: Bearer`` on both.
+    """
+
+    kind: BackendKind = "embedded"
+    url: str | None = None
+    remote_write_url: str | None = None
+    bearer_token: str | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """HTTP headers for the backend (the bearer token, when set)."""
+        return {"Authorization": f"Bearer {self.bearer_token}"} if self.bearer_token else {}
+
+
 @dataclass
 class Settings:
     """Everything the server, the agent and the simulator read from configuration."""
@@ -81,6 +113,7 @@ class Settings:
     idle_threshold: float = 0.05  # utilization below this counts as idle (DESIGN "Definitions")
     scrape: list[ScrapeConfig] = field(default_factory=list)
     team_accounts: dict[str, str] = field(default_factory=dict)  # account/namespace → team
+    backend: MetricsBackend = field(default_factory=MetricsBackend)
 
     @property
     def db_path(self) -> Path:
@@ -100,6 +133,7 @@ def load(path: Path | None = None, env: Mapping[str, str] | None = None) -> Sett
     """Settings from a TOML file (if any) and the environment."""
     env = os.environ if env is None else env
     settings = Settings()
+    backend: dict[str, str] = {}
     if path is None and Path("fleetscope.toml").exists():
         path = Path("fleetscope.toml")
     if path is not None:
@@ -108,6 +142,8 @@ def load(path: Path | None = None, env: Mapping[str, str] | None = None) -> Sett
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read {path}: {exc}") from exc
         _apply_toml(settings, doc)
+        metrics = doc.get("metrics", {})
+        backend = {k: _get(metrics, k, str, "metrics") for k in _BACKEND_KEYS if k in metrics}
     if "FLEETSCOPE_DATA" in env:
         settings.data_dir = Path(env["FLEETSCOPE_DATA"])
     if "FLEETSCOPE_HOST" in env:
@@ -117,7 +153,45 @@ def load(path: Path | None = None, env: Mapping[str, str] | None = None) -> Sett
             settings.port = int(env["FLEETSCOPE_PORT"])
         except ValueError as exc:
             raise ConfigError(f"FLEETSCOPE_PORT must be an integer: {exc}") from exc
+    settings.backend = _backend(backend, env)
     return settings
+
+
+def _http_url(value: str, key: str) -> str:
+    if not re.match(r"^https?://[^/\s]+", value) or any(c.isspace() for c in value):
+        raise ConfigError(f"{key} must be an http:// or https:// URL, got {value!r}")
+    return value.rstrip("/")
+
+
+_BACKEND_KEYS = ("backend", "url", "remote_write_url", "bearer_token")
+
+
+def _backend(toml: Mapping[str, str], env: Mapping[str, str]) -> MetricsBackend:
+    """The backend from ``[metrics]`` values overlaid by ``FLEETSCOPE_METRICS_*``, checked."""
+    kind = env.get("FLEETSCOPE_METRICS_BACKEND", toml.get("backend", "embedded"))
+    url = env.get("FLEETSCOPE_METRICS_URL", toml.get("url"))
+    write = toml.get("remote_write_url")
+    token = env.get("FLEETSCOPE_METRICS_BEARER_TOKEN", toml.get("bearer_token"))
+    if kind not in BACKENDS:
+        raise ConfigError(f'metrics.backend must be "embedded" or "prometheus", got {kind!r}')
+    if kind == "embedded":
+        for key, value in (("url", url), ("remote_write_url", write), ("bearer_token", token)):
+            if value is not None:
+                raise ConfigError(
+                    f'metrics.{key} is set but metrics.backend is "embedded": set '
+                    'backend = "prometheus" to use a Prometheus-compatible server'
+                )
+        return MetricsBackend()
+    if not url:
+        raise ConfigError(
+            'metrics.url is required with metrics.backend = "prometheus" '
+            '(the query API base, e.g. "http://prometheus:9090")'
+        )
+    url = _http_url(url, "metrics.url")
+    write = _http_url(write, "metrics.remote_write_url") if write else f"{url}/api/v1/write"
+    if token is not None and not token.strip():
+        raise ConfigError("metrics.bearer_token is empty: remove it or give the token")
+    return MetricsBackend("prometheus", url, write, token.strip() if token else None)
 
 
 def _apply_toml(settings: Settings, doc: Mapping[str, Any]) -> None:

@@ -11,8 +11,9 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from fleetscope.query import Engine
 from fleetscope.store import MetricStore, RecordStore
-from fleetscope.web import api, auth, pages
+from fleetscope.web import api, auth, pages, prometheus
 from fleetscope.web.settings import WebSettings
 from fleetscope.web.view import humanize
 
@@ -59,8 +60,29 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-def create_app(settings: WebSettings, metrics: MetricStore, records: RecordStore) -> FastAPI:
-    """The FastAPI app over the two stores; creates ``DATA/admin.token`` on first start."""
+def embedded_engine(metrics: MetricStore) -> Engine | None:
+    """The embedded PromQL evaluator over ``metrics``; ``None`` while ``query.engine`` is absent."""
+    try:
+        from fleetscope.query.engine import Evaluator
+    except ModuleNotFoundError as exc:
+        if exc.name != "fleetscope.query.engine":
+            raise
+        return None
+    engine: Engine = Evaluator(metrics)
+    return engine
+
+
+def create_app(
+    settings: WebSettings,
+    metrics: MetricStore,
+    records: RecordStore,
+    engine: Engine | None = None,
+) -> FastAPI:
+    """The FastAPI app over the two stores; creates ``DATA/admin.token`` on first start.
+
+    ``engine`` answers PromQL for the Prometheus API (``/api/v1/query`` …); by default the
+    embedded evaluator over ``metrics``. Without an engine those routes are not mounted.
+    """
     from fleetscope.ingest.receiver import make_router as ingest_router
 
     token = auth.AdminToken.load_or_create(settings.data_dir)
@@ -95,5 +117,8 @@ def create_app(settings: WebSettings, metrics: MetricStore, records: RecordStore
     app.include_router(pages.make_router(settings, metrics, records, templates))
     app.include_router(api.make_router(settings, metrics, records))
     app.include_router(ingest_router(metrics, records))
+    engine = engine if engine is not None else embedded_engine(metrics)
+    if engine is not None:
+        app.include_router(prometheus.make_router(engine, settings.clock))
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     return app
