@@ -258,3 +258,45 @@ def test_run_cycles_until_stopped(node_root: Path, receiver: Receiver) -> None:
     times = [int(b.t_ms[0]) for b in receiver.batches]
     assert len(times) >= 3 and times == sorted(times)
     assert np.all(np.diff(times) > 0)
+
+
+class Jobs:
+    """GPU-aaa's allocation series: one cycle after another, the jobs in ``plan`` hold it
+    (``None``: the collector raises that cycle)."""
+
+    name = "jobs"
+
+    def __init__(self, plan: list[list[str] | None]) -> None:
+        self.plan = plan
+
+    def collect(self) -> list[Sample]:
+        jobs = self.plan.pop(0)
+        if jobs is None:
+            raise RuntimeError("prolog directory unreadable")
+        labels = {"node": "node1", "gpu_uuid": "GPU-aaa", "team": "nlp"}
+        return [Sample("fleet_gpu_allocation", {**labels, "job": j}, 1.0) for j in jobs]
+
+
+def stale(batch: SampleBatch) -> dict[str, int]:
+    """The jobs whose allocation series got a staleness marker, with its time."""
+    bits = batch.values.view(np.uint64) == np.uint64(0x7FF0000000000002)
+    return {batch.series[int(i)]["job"]: int(t)
+            for i, t in zip(batch.series_index[bits], batch.t_ms[bits], strict=True)}  # fmt: skip
+
+
+def test_a_series_gone_since_the_last_cycle_gets_one_staleness_marker(receiver: Receiver) -> None:
+    plan: list[list[str] | None] = [["a"], ["a"], ["b"], ["b", "c"], None, ["b"], []]
+    agent = Agent("node1", [Jobs(plan)], push_url=receiver.url, listen=("127.0.0.1", 0))
+    try:
+        host, port = agent.start_server()
+        sent = [agent.run_cycle(1_000 * k) for k in range(7)]
+        text = httpx.get(f"http://{host}:{port}/metrics").text
+    finally:
+        agent.close()
+    # a at 0-1, b at 2-3 and 5, c at 3; the failed cycle 4 loses all, the last one b
+    assert [stale(b) for b in sent] == [{}, {}, {"a": 2_000}, {}, {"b": 4_000, "c": 4_000}, {},
+                                        {"b": 6_000}]  # fmt: skip
+    assert [stale(b) for b in receiver.batches] == [stale(b) for b in sent]  # bits survive
+    up = [value(b, __name__="fleet_agent_collector_up", collector="jobs") for b in sent]
+    assert up == [1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0]  # the agent's own series never go stale
+    assert "NaN" not in text and "fleet_gpu_allocation{" not in text  # /metrics: readings only

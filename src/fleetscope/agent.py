@@ -6,6 +6,12 @@ raises costs only its own samples: it is counted in ``fleet_agent_collector_erro
 logged (with a traceback the first time), and the others still run. The cycle's samples plus the
 agent's own health series become one :class:`~fleetscope.store.SampleBatch`.
 
+Staleness, as Prometheus writes it for a scrape: every series the previous cycle produced and
+this one does not (a job's ``fleet_gpu_allocation`` when it released the GPU, a lost GPU's
+gauges, an exited process) gets one :data:`STALE_NAN` sample at this cycle's timestamp, so
+queries stop seeing it at once instead of for the 5-minute lookback. The markers are pushed and
+stored like any sample; ``/metrics`` shows only the readings.
+
 Self metrics (all labelled ``node``; catalog area ``agent``):
 
 - ``fleet_agent_cycle_seconds`` (gauge): wall time of the last cycle.
@@ -40,6 +46,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import struct
 import threading
 import time
 from collections import deque
@@ -60,9 +67,15 @@ from fleetscope.collect.attribution import AllocationCollector, job_of_pid
 from fleetscope.collect.gpu import GPUCollector
 from fleetscope.store import METRIC_NAME, SampleBatch
 
-__all__ = ["Agent", "default_collectors"]
+__all__ = ["STALE_NAN", "Agent", "default_collectors"]
 
 log = logging.getLogger(__name__)
+
+STALE_NAN_BITS = 0x7FF0000000000002
+STALE_NAN: float = struct.unpack("<d", STALE_NAN_BITS.to_bytes(8, "little"))[0]
+"""Prometheus' staleness marker (``value.StaleNaN``): a NaN with this exact bit pattern."""
+
+LabelKey = tuple[tuple[str, str], ...]  # a series' sorted label pairs, ``__name__`` included
 
 
 def default_collectors(
@@ -106,6 +119,7 @@ class Agent:
         self.push_failures = 0
         self.dropped_samples = 0
         self._latest: list[Sample] = []
+        self._previous: dict[LabelKey, dict[str, str]] = {}  # series of the last cycle
         self._client = client
         self._own_client = client is None
         self._push_timeout_s = push_timeout_s
@@ -118,9 +132,10 @@ class Agent:
     # -- one cycle ---------------------------------------------------------------------------
 
     def collect_once(self, now_ms: int | None = None) -> SampleBatch:
-        """Run every collector once; the samples (with self metrics) stamped ``now_ms``.
+        """Run every collector once; the samples (with self metrics) stamped ``now_ms``, and a
+        staleness marker for each series of the previous cycle that is gone.
 
-        Does not push; the result is also what ``/metrics`` shows until the next cycle.
+        Does not push; the readings are also what ``/metrics`` shows until the next cycle.
         """
         t_ms = int(time.time() * 1000) if now_ms is None else now_ms
         started = time.perf_counter()
@@ -138,7 +153,13 @@ class Agent:
             timings[collector.name] = time.perf_counter() - t0
         samples.extend(self._self_samples(time.perf_counter() - started, timings, up))
         self._latest = samples
-        return _to_batch(samples, t_ms)
+        rows = _rows(samples)
+        gone = [labels for key, labels in self._previous.items() if key not in rows]
+        self._previous = {key: labels for key, (labels, _) in rows.items()}
+        return SampleBatch.from_rows(
+            [(labels, t_ms, value) for labels, value in rows.values()]
+            + [(labels, t_ms, STALE_NAN) for labels in gone]
+        )
 
     def run_cycle(self, now_ms: int | None = None) -> SampleBatch:
         """:meth:`collect_once`, then push (the queue first) when ``push_url`` is set."""
@@ -269,13 +290,13 @@ class Agent:
         return "dropped"
 
 
-def _to_batch(samples: Iterable[Sample], t_ms: int) -> SampleBatch:
+def _rows(samples: Iterable[Sample]) -> dict[LabelKey, tuple[dict[str, str], float]]:
     """One row per distinct label set (a repeated series keeps its last value)."""
-    rows: dict[tuple[tuple[str, str], ...], tuple[dict[str, str], float]] = {}
+    rows: dict[LabelKey, tuple[dict[str, str], float]] = {}
     for s in samples:
         labels = {**s.labels, METRIC_NAME: s.name}
         rows[tuple(sorted(labels.items()))] = (labels, s.value)
-    return SampleBatch.from_rows((labels, t_ms, value) for labels, value in rows.values())
+    return rows
 
 
 class _LatestCycle:

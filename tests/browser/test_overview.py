@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import uvicorn
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from fleetscope.model import Job, JobState
 from fleetscope.store import SampleBatch
@@ -164,7 +164,7 @@ def test_copy_query_puts_the_promql_on_the_clipboard(server: tuple[str, str], pa
     page.goto(login_url(base, token))
     button = page.locator("#chart-utilization").locator("xpath=..").locator("button.copy")
     button.click()
-    assert button.inner_text() == "copied"
+    expect(button).to_have_text("copied")  # once the clipboard's promise has resolved
     assert page.evaluate("navigator.clipboard.readText()") == "avg(fleet_gpu_utilization_ratio)"
 
 

@@ -564,12 +564,13 @@ EDGES = [
 PAGES = [
     ov.PROMQL_UTILIZATION,
     *(q.format(thr="0.05") for q in ov.PROMQL_STATES.values()),
+    ov.promql_states(0.05),
+    ov.PROMQL_INTERVAL,
     ov.promql_gpu_hours("team", "1h", 15_000),
     ov.promql_gpu_hours("team", "15m", 15_000),
-    "count by (team) (count by (team, gpu_uuid) (fleet_gpu_allocation))",
-    "sum by (team) (fleet_sched_quota_gpus)",
-    f"sum_over_time(count(({U} < 0.05) and on(gpu_uuid) {A})[1h:1m])"
-    f" / sum_over_time(count({U} and on(gpu_uuid) {A})[1h:1m])",
+    ov.PROMQL_TEAM_ALLOCATION,
+    ov.PROMQL_TEAM_QUOTA,
+    ov.promql_idle_share("1h", "1m"),
     'sum(fleet_sched_jobs{state="RUNNING"})',
     "sum(fleet_sched_pending_gpus)",
 ]

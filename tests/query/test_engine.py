@@ -219,6 +219,24 @@ def test_selects_pass_prometheus_hints() -> None:
     assert store.hints == [SelectHints(start_ms=9 * MIN, end_ms=19 * MIN, step_ms=MIN)]
 
 
+def test_a_selector_read_twice_in_one_query_is_selected_once() -> None:
+    store = RecordingStore()
+    store.append(SampleBatch.from_rows(_rows()))
+    engine = Evaluator(store)
+    u, a = "fleet_gpu_utilization_ratio", "fleet_gpu_allocation"
+    idle = f"sum_over_time(count(({u} < 0.5) and on(gpu_uuid) {a})[30m:1m])"
+    held = f"sum_over_time(count({u} and on(gpu_uuid) {a})[30m:1m])"
+    share = engine.instant(f"{idle} / {held}", 30 * MIN)
+    assert len(store.hints) == 2  # u and a, once each, for both subqueries
+    apart = [engine.instant(q, 30 * MIN).series[0].values[0] for q in (idle, held)]
+    assert len(store.hints) == 6
+    assert share.series[0].values[0] == pytest.approx(apart[0] / apart[1])
+    # the same selector under another grid or range is another select
+    store.hints.clear()
+    engine.range(f"{u} - {u} offset 1m + count_over_time({u}[1m])", 0, 10 * MIN, MIN)
+    assert len(store.hints) == 3
+
+
 QUERIES = [
     "fleet_gpu_utilization_ratio",
     "avg(fleet_gpu_utilization_ratio)",

@@ -5,15 +5,20 @@ from __future__ import annotations
 import json
 import re
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
+from fleetscope.analyze import overview as ov
+from fleetscope.query import Engine, QueryError, QueryResult
+from fleetscope.query.engine import Evaluator, parse
 from fleetscope.store.duckdb import DuckDBStore
 from fleetscope.web.app import WebSettings, create_app
 from fleetscope.web.auth import AdminToken, login_url
 
 from .conftest import GPU_HOURS, TestClient
+from .fakes import FakeEngine
 
 HTML = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
 
@@ -241,3 +246,126 @@ def test_plotly_is_served_from_the_installed_package(authed: TestClient) -> None
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/javascript")
     assert len(r.content) > 1_000_000 and b"plotly" in r.content[:2000].lower()
+
+
+# ----------------------------------------------------------------------------- the engine
+
+
+class Recording:
+    """An engine that passes every query on and remembers its text (a fake around a real one)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.queries: list[str] = []
+
+    def instant(self, query: str, t_ms: int) -> QueryResult:
+        self.queries.append(query)
+        return self.engine.instant(query, t_ms)
+
+    def range(self, query: str, start_ms: int, end_ms: int, step_ms: int) -> QueryResult:
+        self.queries.append(query)
+        return self.engine.range(query, start_ms, end_ms, step_ms)
+
+    def series(
+        self, match: Sequence[str], start_ms: int | None, end_ms: int | None
+    ) -> list[dict[str, str]]:
+        return self.engine.series(match, start_ms, end_ms)
+
+    def label_names(
+        self, match: Sequence[str], start_ms: int | None, end_ms: int | None
+    ) -> list[str]:
+        return self.engine.label_names(match, start_ms, end_ms)
+
+    def label_values(
+        self, name: str, match: Sequence[str], start_ms: int | None, end_ms: int | None
+    ) -> list[str]:
+        return self.engine.label_values(name, match, start_ms, end_ms)
+
+
+def client_for(settings: WebSettings, metrics: DuckDBStore, engine: Engine) -> TestClient:
+    client = TestClient(create_app(settings, metrics, metrics, engine))
+    token = (settings.data_dir / "admin.token").read_text().strip()
+    client.headers["Authorization"] = f"Bearer {token}"
+    return client
+
+
+@pytest.mark.parametrize("window", ["1h", "24h", "7d"])
+def test_the_queries_shown_are_the_queries_run(
+    settings: WebSettings, store: DuckDBStore, window: str
+) -> None:
+    engine = Recording(Evaluator(store))
+    with client_for(settings, store, engine) as c:
+        body = c.get(f"/api/v1/fleet/overview?window={window}").json()
+    texts = [ch["promql"] for ch in body["charts"]] + [q["promql"] for q in body["questions"]]
+    queries: set[str] = set()  # each run of lines between comment lines is one query
+    measured: set[str] = set()  # comment lines: how the interval was measured, and titles
+    for text in texts:
+        block: list[str] = []
+        for line in [*text.splitlines(), "#"]:
+            if line.startswith("#"):
+                queries |= {"\n".join(block)} if block else set()
+                block = []
+                measured.add(line[2:])
+            elif line:
+                block.append(line)
+    assert queries <= set(engine.queries)  # every query shown ran, character for character
+    assert set(engine.queries) <= queries | measured  # and nothing else ran
+    assert ov.PROMQL_INTERVAL in measured and body["interval_ms"] == 60_000
+    for query in queries | {ov.PROMQL_INTERVAL}:
+        parse(query)  # pasteable into Grafana as it stands
+
+
+def test_the_pages_read_metrics_from_the_engine_they_are_given(
+    settings: WebSettings, store: DuckDBStore
+) -> None:
+    """With ``backend = "prometheus"`` the local store holds no metrics; the engine has them."""
+    local = DuckDBStore(":memory:")
+    try:
+        local.upsert_jobs(store.jobs(limit=None))
+        with client_for(settings, local, Evaluator(store)) as c:
+            assert c.get("/api/v1/fleet/usage").json() == pytest.approx(GPU_HOURS)
+            body = c.get("/api/v1/fleet/overview?window=24h").json()
+            page = c.get("/?window=24h")
+        assert body["gpu_hours"] == pytest.approx(GPU_HOURS) and body["warnings"] == []
+        assert body["states"]["busy"] == 1 and [r["id"] for r in body["pending"]] == ["p1"]
+        assert page.status_code == 200 and "could not be computed" not in page.text
+    finally:
+        local.close()
+
+
+def test_failed_queries_cost_only_their_numbers(settings: WebSettings, store: DuckDBStore) -> None:
+    down = QueryError("unavailable", "cannot reach http://prometheus:9090/api/v1/query")
+    engine = FakeEngine(
+        instant_results={ov.PROMQL_TEAM_QUOTA: lambda t: QueryResult("vector")},
+        range_results={ov.PROMQL_UTILIZATION: down},
+    )
+    with client_for(settings, store, engine) as c:
+        body = c.get("/api/v1/fleet/overview?window=24h").json()
+        page = c.get("/?window=24h")
+        usage = c.get("/api/v1/fleet/usage")
+    assert body["charts"][0]["has_data"] is False and body["team_quota"] == {}
+    assert any(w.startswith("utilization: unavailable: cannot reach") for w in body["warnings"])
+    assert any(w.startswith("GPU states: bad_data") for w in body["warnings"])
+    assert not any(w.startswith("team quota") for w in body["warnings"])
+    assert [r["id"] for r in body["running"]] == ["v1", "l1"]  # jobs come from the records
+    assert page.status_code == 200 and "could not be computed" in page.text
+    assert "cannot reach http://prometheus:9090" in page.text
+    assert usage.status_code == 500 and "bad_data" in usage.json()["detail"]
+    engine.instant_results[ov.PROMQL_INTERVAL] = down
+    with client_for(settings, store, engine) as c:
+        usage = c.get("/api/v1/fleet/usage")
+    assert usage.status_code == 503 and "cannot reach" in usage.json()["detail"]
+
+
+def test_partial_results_are_warnings(settings: WebSettings, store: DuckDBStore) -> None:
+    class Partial(Recording):
+        def instant(self, query: str, t_ms: int) -> QueryResult:
+            result = super().instant(query, t_ms)
+            if query == ov.PROMQL_TEAM_QUOTA:
+                result.warnings.append("store node 3 did not answer")
+            return result
+
+    with client_for(settings, store, Partial(Evaluator(store))) as c:
+        body = c.get("/api/v1/fleet/overview").json()
+    assert body["warnings"] == [f"{ov.PROMQL_TEAM_QUOTA}: store node 3 did not answer"]
+    assert body["team_quota"] == {"llm": 1.0, "vision": 2.0}

@@ -357,6 +357,9 @@ class _Evaluation:
         # Inside a subquery with @, Prometheus loads selectors' data only up to that time (less
         # offsets); that matters where its windows slide past it (see _ref_times).
         self.data_end_ms: int | None = None
+        # What the store returned, per (matchers, mint, maxt, hints): a selector that appears
+        # twice with the same grid (e.g. in both halves of a ratio) is read once per query.
+        self._selected: dict[tuple[Any, ...], _Samples] = {}
 
     # -- the dispatch ------------------------------------------------------------------
 
@@ -457,11 +460,19 @@ class _Evaluation:
         return min(maxt_ms, self.data_end_ms - self._ms(vs.offset))
 
     def _select(self, vs: Any, mint_ms: int, maxt_ms: int, hints: SelectHints) -> _Samples:
-        try:
-            found = self.store.select(selector_matchers(vs), mint_ms, maxt_ms, hints)
-        except StoreError as e:
-            raise QueryError("execution", str(e)) from None
-        return _flatten(found)
+        """The selector's series in ``[mint_ms, maxt_ms]``, flattened (shared, never modified)."""
+        matchers = selector_matchers(vs)
+        key = (tuple(matchers), mint_ms, maxt_ms, hints)
+        samples = self._selected.get(key)
+        if samples is None:
+            try:
+                found = self.store.select(matchers, mint_ms, maxt_ms, hints)
+            except StoreError as e:
+                raise QueryError("execution", str(e)) from None
+            samples = self._selected[key] = _flatten(found)
+            for array in (samples.t, samples.v, samples.bounds):
+                array.flags.writeable = False  # shared by every reader of the selector
+        return samples
 
     def _vector_selector(
         self, vs: Any, grid: _Grid, *, at_ignores_offset: bool = False

@@ -10,6 +10,10 @@ for the simulated scheduler's series; each agent remote-writes its batch to ``pu
 Samples are stamped with the tick's time, not the wall clock, so live data lines up with the
 backfill and with the simulator's ledger. When the loop falls behind (a slow machine, a paused
 process) it catches up one tick at a time, so no tick of the schedule is missing from the store.
+
+When the simulation already ran (a backfill), each agent first reads the last simulated tick
+without sending it: it then knows that tick's series, and its first cycle writes the staleness
+markers of those that end there, as the backfill would have.
 """
 
 from __future__ import annotations
@@ -93,6 +97,9 @@ class LiveFleet:
         self.agents.append(
             Agent(SCHEDULER_NODE, [SchedulerCollector(sim)], push_url, client=self._client)
         )
+        if sim.now_ms is not None:
+            for agent in self.agents:
+                agent.collect_once(sim.now_ms)  # the last simulated tick's series, not sent
         self._stop = threading.Event()
 
     def step(self, t_ms: int) -> int:

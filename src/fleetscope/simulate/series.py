@@ -9,6 +9,11 @@ job holds the GPU, DESIGN.md "Attribution rule") and the simulated scheduler's s
 (``fleet_sched_gpus_total`` and the others of the contract). Within a batch, each series' rows
 are in time order. Everything is numpy over ``[row, tick]`` grids; Python loops run only over
 series (GPUs, allocations, label combinations).
+
+Staleness markers, as the live agents write them (:mod:`fleetscope.agent`): a series present
+at one tick and absent at the next (an allocation or process that ended, a lost GPU's gauges, a
+pending reason nobody waits for any more) gets one :data:`~fleetscope.agent.STALE_NAN` sample
+at that next tick (:meth:`Builder.build_with_markers`).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from itertools import pairwise
 import numpy as np
 import numpy.typing as npt
 
+from fleetscope.agent import STALE_NAN, LabelKey
 from fleetscope.model import WORKLOADS
 from fleetscope.simulate.behaviour import Frame
 from fleetscope.simulate.cluster import OPEN
@@ -27,20 +33,34 @@ from fleetscope.simulate.jobs import SimJob
 from fleetscope.simulate.scheduler import REASONS
 from fleetscope.store import METRIC_NAME, SampleBatch
 
-__all__ = ["Builder", "gpu_batch", "sched_batch"]
+__all__ = ["CUMULATIVE", "Builder", "Present", "gpu_batch", "sched_batch"]
 
 F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
 TIERS_ORDER = ("production", "experimentation")
+CUMULATIVE = ("energy_mj", "ecc_corrected", "ecc_uncorrected", "pcie_rx_bytes", "pcie_tx_bytes")
+Present = dict[LabelKey, dict[str, str]]  # the series present at one tick, by label key
 
 
 class Builder:
-    """Accumulates series and their rows; :meth:`build` makes one :class:`SampleBatch`."""
+    """Accumulates series and their rows; :meth:`build` makes one :class:`SampleBatch`.
+
+    Rows are kept in chunks (one per :meth:`grid` or :meth:`run` call), grouped by series in
+    the order the series were added, and in time order within a series (callers add each
+    series' times ascending).
+    """
 
     def __init__(self) -> None:
         self.series: list[dict[str, str]] = []
         self._idx: list[npt.NDArray[np.int32]] = []
         self._t: list[npt.NDArray[np.int64]] = []
         self._v: list[F64] = []
+        # per series: rows, chunk, offset of its first row in the chunk, first and last time
+        self._counts: list[I64] = []
+        self._chunk: list[I64] = []
+        self._offset: list[I64] = []
+        self._first_ms: list[I64] = []
+        self._last_ms: list[I64] = []
 
     def grid(
         self,
@@ -58,21 +78,36 @@ class Builder:
                               vals.shape)  # fmt: skip
         t = np.broadcast_to(t_ms[None, :], vals.shape)
         if mask is None:
-            self._idx.append(idx.ravel())
-            self._t.append(t.ravel())
-            self._v.append(vals.ravel())
+            every = np.full(len(rows), len(t_ms))
+            self._add(idx.ravel(), t.ravel(), vals.ravel(), every, every * 0, every - 1, t_ms)
         else:
-            self._idx.append(idx[mask])
-            self._t.append(t[mask])
-            self._v.append(vals[mask])
+            first = np.argmax(mask, axis=1)
+            last = len(t_ms) - 1 - np.argmax(mask[:, ::-1], axis=1)
+            self._add(idx[mask], t[mask], vals[mask], mask.sum(axis=1), first, last, t_ms)
 
     def run(self, name: str, labels: Mapping[str, str], t_ms: npt.NDArray[np.int64],
             values: npt.ArrayLike) -> None:  # fmt: skip
         """One series with the given rows."""
         self.series.append({METRIC_NAME: name, **labels})
-        self._idx.append(np.full(len(t_ms), len(self.series) - 1, np.int32))
-        self._t.append(np.asarray(t_ms, np.int64))
-        self._v.append(np.broadcast_to(np.asarray(values, np.float64), t_ms.shape).copy())
+        t = np.asarray(t_ms, np.int64)
+        ends = np.array([0]), np.array([max(len(t) - 1, 0)])
+        self._add(np.full(len(t), len(self.series) - 1, np.int32), t,
+                  np.broadcast_to(np.asarray(values, np.float64), t.shape).copy(),
+                  np.array([len(t)]), *ends, t if len(t) else np.zeros(1, np.int64))  # fmt: skip
+
+    def _add(self, idx: npt.NDArray[np.int32], t: I64, v: F64, counts: npt.ArrayLike,
+             first: npt.ArrayLike, last: npt.ArrayLike, t_ms: I64) -> None:  # fmt: skip
+        """One chunk of rows; per series its row count and the indices into ``t_ms`` of its
+        first and last row."""
+        n = np.asarray(counts, np.int64)
+        self._counts.append(n)
+        self._chunk.append(np.full(len(n), len(self._t), np.int64))
+        self._offset.append(np.cumsum(n) - n)
+        self._first_ms.append(t_ms[np.asarray(first, np.int64)])
+        self._last_ms.append(t_ms[np.asarray(last, np.int64)])
+        self._idx.append(idx)
+        self._t.append(t)
+        self._v.append(v)
 
     def build(self) -> SampleBatch:
         if not self._t:
@@ -80,6 +115,108 @@ class Builder:
                                np.empty(0, np.float64))  # fmt: skip
         return SampleBatch(self.series, np.concatenate(self._idx), np.concatenate(self._t),
                            np.concatenate(self._v))  # fmt: skip
+
+    def present_at(self, t_ms: int) -> Present:
+        """The series with a row at ``t_ms``."""
+        batch = self.build()
+        at = np.unique(batch.series_index[batch.t_ms == t_ms])
+        return {_key(self.series[i]): self.series[i] for i in at.tolist()}
+
+    def build_with_markers(
+        self, before: Present, first_ms: int, last_ms: int, tick_ms: int
+    ) -> tuple[SampleBatch, Present]:
+        """The batch of the ticks ``first_ms … last_ms`` (every row on one of them) with the
+        staleness markers of those ticks, and the series present at ``last_ms``.
+
+        ``before``: the series present at the tick before ``first_ms``. A series (a label set,
+        however many :meth:`grid` rows or :meth:`run` calls it came in) gets a marker at each
+        tick where it is absent after being present at the previous tick; markers go into their
+        series' time order. Work is per series, and per row only for series with gaps.
+        """
+        counts, chunk, offset = _cat(self._counts), _cat(self._chunk), _cat(self._offset)
+        has = counts > 0
+        last = (last_ms - first_ms) // tick_ms
+        first_k = (_cat(self._first_ms) - first_ms) // tick_ms
+        last_k = (_cat(self._last_ms) - first_ms) // tick_ms
+        keys = [_key(labels) for labels in self.series]
+        kid_of: dict[LabelKey, int] = {}
+        kid = np.array([kid_of.setdefault(k, len(kid_of)) for k in keys], np.int64)
+        shared = np.bincount(kid[has], minlength=len(kid_of))[kid] > 1  # a key in two series
+        # markers as (series, tick, chunk, position in the chunk)
+        m_series: list[I64] = []
+        m_tick: list[I64] = []
+        m_pos: list[I64] = []
+        whole = has & ~shared & (last_k - first_k + 1 == counts)  # no gap inside
+        done = np.flatnonzero(whole & (last_k < last))  # ends inside the block
+        m_series.append(done)
+        m_tick.append(last_k[done] + 1)
+        m_pos.append(offset[done] + counts[done])
+        # series with gaps, and keys split over several series: row by row
+        rest = np.flatnonzero(has & ~whole).tolist()
+        if rest:
+            pos = np.concatenate([np.arange(offset[s], offset[s] + counts[s]) for s in rest])
+            r_series = np.repeat(rest, counts[rest])
+            r_time = np.concatenate(
+                [self._t[chunk[s]][offset[s] : offset[s] + counts[s]] for s in rest]
+            )
+            r_kid, r_tick = kid[r_series], (r_time - first_ms) // tick_ms
+            order = np.lexsort((r_tick, r_kid))
+            k_s, t_s = r_kid[order], r_tick[order]
+            run_end = np.append((k_s[1:] != k_s[:-1]) | (t_s[1:] > t_s[:-1] + 1), True)
+            run_end &= t_s < last
+            m_series.append(r_series[order][run_end])
+            m_tick.append(t_s[run_end] + 1)
+            m_pos.append(pos[order][run_end] + 1)
+        # series present just before the first tick and absent at it
+        at_first = {int(kid[s]) for s in np.flatnonzero(has & (first_k == 0)).tolist()}
+        first_series: dict[int, int] = {}
+        for s in np.flatnonzero(has).tolist():
+            first_series.setdefault(int(kid[s]), s)
+        new: list[dict[str, str]] = []
+        gone: list[int] = []
+        for k, labels in before.items():
+            kk = kid_of.get(k)
+            if kk is None:  # not in this batch at all
+                new.append(labels)
+            elif kk not in at_first:
+                gone.append(first_series[kk])
+        m_series.append(np.array(gone, np.int64))
+        m_tick.append(np.zeros(len(gone), np.int64))
+        m_pos.append(offset[gone])
+        ms, mt, mp = (np.concatenate(a) for a in (m_series, m_tick, m_pos))
+        mc = chunk[ms]
+        order = np.lexsort((mt, ms, mp, mc))
+        ms, mt, mp, mc = ms[order], mt[order], mp[order], mc[order]
+        # every chunk with markers is cut at them; the rest pass through untouched
+        idx, t, v = list(self._idx), list(self._t), list(self._v)
+        cuts = np.flatnonzero(np.append(True, mc[1:] != mc[:-1])).tolist() if len(mc) else []
+        for a, b in pairwise([*cuts, len(mc)]):
+            c = int(mc[a])
+            at = mp[a:b] + np.arange(b - a)  # where the markers land in the chunk
+            keep = np.ones(len(self._t[c]) + b - a, np.bool_)
+            keep[at] = False
+            for parts, markers in ((idx, ms[a:b]), (t, first_ms + mt[a:b] * tick_ms),
+                                   (v, STALE_NAN)):  # fmt: skip
+                out = np.empty(len(keep), parts[c].dtype)
+                out[keep] = parts[c]
+                out[at] = markers
+                parts[c] = out
+        base, n_new = len(self.series), len(new)
+        idx.append(np.arange(base, base + n_new, dtype=np.int32))
+        t.append(np.full(n_new, first_ms, np.int64))
+        v.append(np.full(n_new, STALE_NAN))
+        marked = SampleBatch([*self.series, *new], np.concatenate(idx), np.concatenate(t),
+                             np.concatenate(v))  # fmt: skip
+        now = np.flatnonzero(has & (last_k == last))
+        return marked, {keys[s]: self.series[s] for s in now.tolist()}
+
+
+def _cat(parts: list[I64]) -> I64:
+    return np.concatenate(parts) if parts else np.empty(0, np.int64)
+
+
+def _key(labels: Mapping[str, str]) -> LabelKey:
+    return tuple(sorted(labels.items()))
 
 
 def gpu_batch(

@@ -10,8 +10,10 @@ behaviour (:mod:`.behaviour`) and the fake node state the real collectors read:
   It returns the job records that changed, for the record intake.
 - **Backfill**: :meth:`Simulation.backfill` writes a period of history straight into a
   :class:`~fleetscope.store.MetricStore`: the same series, label sets and unit conversions the
-  live path produces (:mod:`.series`), built with numpy one block (a day) at a time. Live
-  stepping then continues from its end with the same scheduler state and counters.
+  live path produces (:mod:`.series`), built with numpy one block (a day) at a time, staleness
+  markers included: a series that stops gets one at the next tick, as the agents write them
+  (also across blocks and backfill calls). Live stepping then continues from its end with the
+  same scheduler state and counters.
 - **Ground truth**: :meth:`Simulation.ledger` is each team's allocated GPU-hours per the
   simulator's own schedule (DESIGN.md "Definitions": Σ over its allocated GPUs of allocated
   time), clipped to a window. Allocation is sample-and-hold per tick: a job holds its GPUs over
@@ -43,7 +45,7 @@ from fleetscope.simulate.fleet import Fleet, FleetSpec, NodeInfo, build
 from fleetscope.simulate.jobs import DAY_S, SimJob
 from fleetscope.simulate.nvml import FakeDevice
 from fleetscope.simulate.roots import RootTree
-from fleetscope.simulate.series import Builder, gpu_batch, sched_batch
+from fleetscope.simulate.series import CUMULATIVE, Builder, Present, gpu_batch, sched_batch
 from fleetscope.store import SampleBatch
 
 __all__ = ["BackfillStats", "SampleSink", "SimNode", "Simulation"]
@@ -240,6 +242,7 @@ class Simulation:
         gen_s = store_s = 0.0
         samples = chunks = records = 0
         frame: Frame | None = None
+        before = self._series_at(k_start - 1) if k_start > cluster.origin else {}
         for k0 in range(k_start, k_end, step):
             k1 = min(k0 + step, k_end)
             t0 = time.perf_counter()
@@ -250,7 +253,7 @@ class Simulation:
             holders = {j.seq: j for j in cluster.jobs_active(k0, k1)}
             gpu_batch(self.fleet, frame, cumulative, holders, out)
             sched_batch(self.fleet, self._sched_jobs(k0, k1), k0, k1, out)
-            batch = out.build()
+            batch, before = out.build_with_markers(before, k0 * tick, (k1 - 1) * tick, tick)
             t1 = time.perf_counter()
             store.append(batch)
             t2 = time.perf_counter()
@@ -267,6 +270,16 @@ class Simulation:
         if frame is not None:
             self._apply(frame)
         return BackfillStats(samples, chunks, records, gen_s, store_s)
+
+    def _series_at(self, k: int) -> Present:
+        """The series (label key → labels) the agents produced at tick ``k`` (simulated)."""
+        frame = self._render(k, k + 1)
+        zeros = np.zeros(frame.up.shape)
+        out = Builder()
+        holders = {j.seq: j for j in self.cluster.jobs_active(k, k + 1)}
+        gpu_batch(self.fleet, frame, dict.fromkeys(CUMULATIVE, zeros), holders, out)
+        sched_batch(self.fleet, self._sched_jobs(k, k + 1), k, k + 1, out)
+        return out.present_at(k * self.tick_ms)
 
     def _sched_jobs(self, k0: int, k1: int) -> list[SimJob]:
         return [j for j in self.cluster.jobs if j.submit < k1 and (j.end is None or j.end > k0)]

@@ -60,16 +60,11 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-def embedded_engine(metrics: MetricStore) -> Engine | None:
-    """The embedded PromQL evaluator over ``metrics``; ``None`` while ``query.engine`` is absent."""
-    try:
-        from fleetscope.query.engine import Evaluator
-    except ModuleNotFoundError as exc:
-        if exc.name != "fleetscope.query.engine":
-            raise
-        return None
-    engine: Engine = Evaluator(metrics)
-    return engine
+def embedded_engine(metrics: MetricStore) -> Engine:
+    """The embedded PromQL evaluator over ``metrics``."""
+    from fleetscope.query.engine import Evaluator
+
+    return Evaluator(metrics)
 
 
 def create_app(
@@ -80,8 +75,9 @@ def create_app(
 ) -> FastAPI:
     """The FastAPI app over the two stores; creates ``DATA/admin.token`` on first start.
 
-    ``engine`` answers PromQL for the Prometheus API (``/api/v1/query`` …); by default the
-    embedded evaluator over ``metrics``. Without an engine those routes are not mounted.
+    ``engine`` answers PromQL — for the Prometheus API (``/api/v1/query`` …), the overview page
+    and the fleet JSON API alike; by default the embedded evaluator over ``metrics``, which
+    otherwise only takes ingested samples.
     """
     from fleetscope.ingest.receiver import make_router as ingest_router
 
@@ -113,12 +109,11 @@ def create_app(
             headers={"cache-control": "public, max-age=86400"},
         )
 
-    app.include_router(auth.make_router(guard))
-    app.include_router(pages.make_router(settings, metrics, records, templates))
-    app.include_router(api.make_router(settings, metrics, records))
-    app.include_router(ingest_router(metrics, records))
     engine = engine if engine is not None else embedded_engine(metrics)
-    if engine is not None:
-        app.include_router(prometheus.make_router(engine, settings.clock))
+    app.include_router(auth.make_router(guard))
+    app.include_router(pages.make_router(settings, engine, records, templates))
+    app.include_router(api.make_router(settings, engine, records))
+    app.include_router(ingest_router(metrics, records))
+    app.include_router(prometheus.make_router(engine, settings.clock))
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     return app

@@ -1,4 +1,4 @@
-"""HTML pages (Jinja2): the fleet overview at ``/``.
+"""HTML pages (Jinja2): the fleet overview at ``/``, its numbers from the query engine.
 
 View state lives in the query string (``window``, ``refresh``) so a view can be shared by URL.
 """
@@ -13,7 +13,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from fleetscope.store import MetricStore, RecordStore
+from fleetscope.query import Engine
+from fleetscope.store import RecordStore
 from fleetscope.web import view
 from fleetscope.web.params import REFRESH, WINDOWS, parse_duration
 from fleetscope.web.settings import WebSettings
@@ -22,7 +23,7 @@ MAX_ROWS = 50  # job table rows shown
 
 
 def make_router(
-    settings: WebSettings, metrics: MetricStore, records: RecordStore, templates: Jinja2Templates
+    settings: WebSettings, engine: Engine, records: RecordStore, templates: Jinja2Templates
 ) -> APIRouter:
     router = APIRouter(default_response_class=HTMLResponse)
 
@@ -41,7 +42,7 @@ def make_router(
             return error(request, f"refresh must be one of {', '.join(REFRESH)}, not {refresh!r}")
         now_ms = int(settings.clock() * 1000)
         ov = view.build(
-            metrics,
+            engine,
             records,
             window=window,
             window_ms=window_ms,

@@ -1,20 +1,32 @@
 """The overview's content for one window: the five questions, the charts and the job tables.
 
-Built once per request from the stores by :func:`build`. The page embeds the charts' plotly
-figures as JSON (one request, no client-side fetch, works offline); ``GET /api/v1/fleet/overview``
-returns the same :class:`Overview` as JSON for scripts.
+Built once per request by :func:`build`: metric numbers from PromQL through the query
+:class:`~fleetscope.query.Engine` (each chart carries the exact text of the queries it ran),
+jobs from the :class:`~fleetscope.store.RecordStore`. A query that fails costs only its own
+number or chart, which shows no data, and adds a line to ``warnings``; so do the partial-result
+warnings an engine returns. The page embeds the charts' plotly figures as JSON (one request, no
+client-side fetch, works offline); ``GET /api/v1/fleet/overview`` returns the same
+:class:`Overview` as JSON for scripts.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from fleetscope.analyze import overview as ov
-from fleetscope.store import MetricStore, RecordStore
+from fleetscope.query import Engine, QueryError, QueryResult
+from fleetscope.store import RecordStore
 from fleetscope.web.params import bucket_for, step_for
+
+log = logging.getLogger(__name__)
+
+QUERY_THREADS = 4  # overview queries in flight at once
 
 STATE_LABELS = {
     "busy": "busy",
@@ -47,6 +59,7 @@ class Question:
     evidence: str  # link to the chart or table that proves it
     evidence_label: str
     capability: str | None = None  # what brings the measurement, while it is missing
+    promql: str = ""  # the query behind ``value``, when one is
 
 
 @dataclass(frozen=True)
@@ -85,6 +98,8 @@ class Overview:
     team_quota: dict[str, float]
     running: list[ov.JobRow]
     pending: list[ov.JobRow]
+    interval_ms: float | None = None  # the measured sampling interval (ov.PROMQL_INTERVAL)
+    warnings: list[str] = field(default_factory=list)  # queries that failed or were partial
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -156,7 +171,7 @@ def _utilization_chart(times: list[int], values: list[float], start: int, end: i
     )
 
 
-def _states_chart(states: dict[str, int], idle_threshold: float) -> Chart:
+def _states_chart(states: dict[str, int], promql: str) -> Chart:
     keys = list(states)
     trace = {
         "type": "bar",
@@ -171,13 +186,13 @@ def _states_chart(states: dict[str, int], idle_threshold: float) -> Chart:
     return Chart(
         "chart-states",
         "GPUs by state, now",
-        ov.promql_states(idle_threshold),
+        promql,
         {"data": [trace], "layout": layout},
         sum(states.values()) > 0,
     )
 
 
-def _team_hours_chart(hours: dict[str, float], window: str, interval_ms: float | None) -> Chart:
+def _team_hours_chart(hours: dict[str, float], window: str, promql: str) -> Chart:
     teams = sorted(hours, key=lambda t: -hours[t])
     colors = team_colors(teams)
     trace = {
@@ -195,7 +210,7 @@ def _team_hours_chart(hours: dict[str, float], window: str, interval_ms: float |
     return Chart(
         "chart-team-hours",
         f"GPU-hours by team, last {window}",
-        ov.promql_gpu_hours("team", window, interval_ms),
+        promql,
         {"data": [trace], "layout": layout},
         bool(teams),
     )
@@ -205,12 +220,10 @@ def _team_hours_over_time_chart(
     edges: list[int],
     by_team: dict[str, list[float]],
     bucket_ms: int,
-    interval_ms: float | None,
+    promql: str,
     window: tuple[int, int],
 ) -> Chart:
-    bucket = f"{bucket_ms // 3_600_000}h" if bucket_ms >= 3_600_000 else f"{bucket_ms // 60_000}m"
-    if bucket_ms >= 86_400_000:
-        bucket = f"{bucket_ms // 86_400_000}d"
+    bucket = ov.promql_duration(bucket_ms)
     x = [utc(t + bucket_ms // 2) for t in edges]
     colors = team_colors(list(by_team))
     traces = [
@@ -233,13 +246,13 @@ def _team_hours_over_time_chart(
     return Chart(
         "chart-team-hours-time",
         f"GPU-hours by team per {bucket}",
-        ov.promql_gpu_hours("team", bucket, interval_ms) + f"  # range query, step {bucket}",
+        promql,
         {"data": traces, "layout": layout},
         any(any(v) for v in by_team.values()),
     )
 
 
-def _quota_chart(allocated: dict[str, int], quota: dict[str, float]) -> Chart:
+def _quota_chart(allocated: dict[str, int], quota: dict[str, float], promql: str) -> Chart:
     teams = sorted(set(allocated) | set(quota))
     traces: list[dict[str, Any]] = [
         {
@@ -264,14 +277,13 @@ def _quota_chart(allocated: dict[str, int], quota: dict[str, float]) -> Chart:
     return Chart(
         "chart-quota",
         "GPUs allocated vs quota, now",
-        "count by (team) (count by (team, gpu_uuid) (fleet_gpu_allocation))\n"
-        "sum by (team) (fleet_sched_quota_gpus)",
+        promql,
         {"data": traces, "layout": layout},
         bool(teams),
     )
 
 
-def _q1(share: float | None, window: str, idle_threshold: float) -> Question:
+def _q1(share: float | None, window: str, idle_threshold: float, promql: str) -> Question:
     title = "Are GPUs being used effectively?"
     if share is None:
         return Question(
@@ -282,6 +294,7 @@ def _q1(share: float | None, window: str, idle_threshold: float) -> Question:
             f"no allocated GPU reported utilization in the last {window}",
             "#chart-states",
             "GPUs by state",
+            promql=promql,
         )
     return Question(
         1,
@@ -291,6 +304,7 @@ def _q1(share: float | None, window: str, idle_threshold: float) -> Question:
         f"of allocated GPU time was below {idle_threshold:.0%} utilization in the last {window}",
         "#chart-states",
         "GPUs by state",
+        promql=promql,
     )
 
 
@@ -341,8 +355,86 @@ def _not_yet(number: int, title: str, capability: str, evidence: str) -> Questio
     )
 
 
+T = TypeVar("T")
+
+
+class _Queries:
+    """Runs the overview's analytics on a few threads (engines are thread-safe; the queries are
+    independent); a failed one leaves its default and a warning, in the order they were started.
+    """
+
+    def __init__(self, engine: Engine, pool: ThreadPoolExecutor) -> None:
+        self._engine = engine
+        self._pool = pool
+        self._warnings: list[list[str]] = []
+
+    def start(self, what: str, compute: Callable[[Engine], T], default: T) -> Future[T]:
+        engine = _Warnings(self._engine)
+        self._warnings.append(engine.warnings)
+
+        def run() -> T:
+            try:
+                return compute(engine)
+            except QueryError as exc:
+                log.warning("overview: %s failed: %s", what, exc.message)
+                engine.warnings.append(f"{what}: {exc.error_type}: {exc.message}")
+                return default
+
+        return self._pool.submit(run)
+
+    @property
+    def warnings(self) -> list[str]:
+        return [w for task in self._warnings for w in task]
+
+
+class _Warnings:
+    """An :class:`Engine` that passes queries on and keeps the partial-result warnings."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self.warnings: list[str] = []
+
+    def _keep(self, query: str, result: QueryResult) -> QueryResult:
+        self.warnings.extend(f"{query}: {w}" for w in result.warnings)
+        return result
+
+    def instant(self, query: str, t_ms: int) -> QueryResult:
+        return self._keep(query, self._engine.instant(query, t_ms))
+
+    def range(self, query: str, start_ms: int, end_ms: int, step_ms: int) -> QueryResult:
+        return self._keep(query, self._engine.range(query, start_ms, end_ms, step_ms))
+
+    def series(
+        self, match: Sequence[str], start_ms: int | None, end_ms: int | None
+    ) -> list[dict[str, str]]:
+        return self._engine.series(match, start_ms, end_ms)
+
+    def label_names(
+        self, match: Sequence[str], start_ms: int | None, end_ms: int | None
+    ) -> list[str]:
+        return self._engine.label_names(match, start_ms, end_ms)
+
+    def label_values(
+        self, name: str, match: Sequence[str], start_ms: int | None, end_ms: int | None
+    ) -> list[str]:
+        return self._engine.label_values(name, match, start_ms, end_ms)
+
+
+def gpu_hours_promql(by: str, range_: str, interval_ms: float | None) -> str:
+    """The GPU-hours query as shown: the query, then how its interval was measured (comments)."""
+    query = ov.promql_gpu_hours(by, range_, interval_ms)
+    if not interval_ms:
+        return f"{query}\n# no sampling interval: no GPU reported twice; measured by\n" + (
+            f"# {ov.PROMQL_INTERVAL}"
+        )
+    return (
+        f"{query}\n# {ov.promql_interval_s(interval_ms)}: the sampling interval in seconds, "
+        f"measured by\n# {ov.PROMQL_INTERVAL}"
+    )
+
+
 def build(
-    metrics: MetricStore,
+    engine: Engine,
     records: RecordStore,
     *,
     window: str,
@@ -355,18 +447,54 @@ def build(
     bucket = bucket_for(window_ms)
     end = now_ms - now_ms % step
     start = end - window_ms
-    times, values = ov.utilization(metrics, start, end, step)
-    states = ov.gpu_states(metrics, now_ms, idle_threshold=idle_threshold)
-    share = ov.idle_allocated_share(metrics, start, end, step, idle_threshold=idle_threshold)
-    usage = ov.usage(metrics, now_ms - window_ms, now_ms)
-    hours = ov.sum_gpu_hours(usage, "team")
-    edges, by_team = ov.bucket_gpu_hours(usage, now_ms - window_ms, now_ms, bucket, "team")
-    allocated = ov.team_allocation(metrics, now_ms)
-    quota = ov.team_quota(metrics, now_ms)
-    running = ov.running_jobs(records, now_ms)
-    pending = ov.pending_jobs(records, now_ms)
+    with ThreadPoolExecutor(max_workers=QUERY_THREADS, thread_name_prefix="overview") as pool:
+        q = _Queries(engine, pool)
+        # the sampling interval first: the GPU-hours queries multiply by it
+        interval: float | None = q.start(
+            "sampling interval", lambda e: ov.sampling_interval_ms(e, now_ms, window_ms), None
+        ).result()
+        no_points: tuple[list[int], list[float]] = ([], [])
+        no_buckets: tuple[list[int], dict[str, list[float]]] = (
+            ov.bucket_edges(now_ms - window_ms, now_ms, bucket),
+            {},
+        )
+        hours_f: Future[dict[str, float]] = q.start(
+            "GPU-hours", lambda e: ov.gpu_hours_by(e, now_ms, window_ms, interval), {}
+        )
+        buckets_f = q.start(
+            "GPU-hours per bucket",
+            lambda e: ov.gpu_hours_by_time(e, now_ms - window_ms, now_ms, bucket, interval),
+            no_buckets,
+        )
+        share_f: Future[float | None] = q.start(
+            "idle share",
+            lambda e: ov.idle_allocated_share(
+                e, end, window_ms, step, idle_threshold=idle_threshold
+            ),
+            None,
+        )
+        util_f = q.start("utilization", lambda e: ov.utilization(e, start, end, step), no_points)
+        states_f: Future[dict[str, int]] = q.start(
+            "GPU states",
+            lambda e: ov.gpu_states(e, now_ms, idle_threshold=idle_threshold),
+            {s: 0 for s in ov.STATES},
+        )
+        allocated_f: Future[dict[str, int]] = q.start(
+            "team allocation", lambda e: ov.team_allocation(e, now_ms), {}
+        )
+        quota_f: Future[dict[str, float]] = q.start(
+            "team quota", lambda e: ov.team_quota(e, now_ms), {}
+        )
+        running = ov.running_jobs(records, now_ms)
+        pending = ov.pending_jobs(records, now_ms)
+        hours, (edges, by_team), share = hours_f.result(), buckets_f.result(), share_f.result()
+        times, values = util_f.result()
+        states, allocated, quota = states_f.result(), allocated_f.result(), quota_f.result()
+    share_promql = ov.promql_idle_share(
+        ov.promql_duration(window_ms), ov.promql_duration(step), idle_threshold
+    )
     questions = [
-        _q1(share, window, idle_threshold),
+        _q1(share, window, idle_threshold, share_promql),
         _not_yet(
             2,
             "Are workloads completing reliably?",
@@ -387,14 +515,28 @@ def build(
         ),
         _q5(states, pending, allocated, quota),
     ]
+    bucket_text = ov.promql_duration(bucket)
     charts = [
         _utilization_chart(times, values, start, end),
-        _states_chart(states, idle_threshold),
-        _team_hours_chart(hours, window, usage.interval_ms),
-        _team_hours_over_time_chart(
-            edges, by_team, bucket, usage.interval_ms, (now_ms - window_ms, now_ms)
+        _states_chart(states, ov.promql_states(idle_threshold)),
+        _team_hours_chart(
+            hours, window, gpu_hours_promql("team", ov.promql_duration(window_ms), interval)
         ),
-        _quota_chart(allocated, quota),
+        _team_hours_over_time_chart(
+            edges,
+            by_team,
+            bucket,
+            gpu_hours_promql("team", bucket_text, interval)
+            + f"\n# range query, step {bucket_text}, each point 1 ms before its bucket's end",
+            (now_ms - window_ms, now_ms),
+        ),
+        _quota_chart(
+            allocated,
+            quota,
+            ov.with_comments(
+                {"allocated": ov.PROMQL_TEAM_ALLOCATION, "quota": ov.PROMQL_TEAM_QUOTA}
+            ),
+        ),
     ]
     return Overview(
         window,
@@ -410,4 +552,6 @@ def build(
         quota,
         running,
         pending,
+        interval,
+        q.warnings,
     )
