@@ -7,16 +7,19 @@ generated files). Native histograms and exemplars are not modelled; their fields
 the parser, and a series that carries only them decodes to no samples.
 
 Decoding does Python work per *series*, not per sample: the protobuf runtime splits the request
-into series, :mod:`fleetscope.wirescan` reads every sample with NumPy, and label sets are cached
-by their wire bytes (series repeat from one request to the next). Requests in another layout
-(exemplars, native histograms, unusual field order) take the plain protobuf path, which is also
-the reference for error messages. Encoding writes the sample records with NumPy and uses the
-message classes for labels only.
+into series, :mod:`fleetscope.wirescan` reads every sample with NumPy, and label sets are kept
+by their wire bytes (series repeat from one request to the next) and numbered: the batch
+carries the numbers (:class:`~fleetscope.store.LabelSetIds`) so that the validator and the store
+know a label set again without looking at it. Requests in another layout (exemplars, native
+histograms, unusual field order) take the plain protobuf path, which is also the reference for
+error messages. Encoding writes the sample records with NumPy and uses the message classes for
+labels only.
 """
 
 from __future__ import annotations
 
-from typing import Any, Final
+import threading
+from typing import Any, Final, cast
 
 import cramjam
 import numpy as np
@@ -25,7 +28,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError, Message
 
 from fleetscope import wirescan
-from fleetscope.store import METRIC_NAME, SampleBatch
+from fleetscope.store import METRIC_NAME, LabelSetIds, SampleBatch
 
 __all__ = [
     "CONTENT_TYPE",
@@ -133,12 +136,18 @@ def _decompressed_len(body: bytes) -> int:
     raise RemoteWriteError("bad snappy: body does not start with a valid length header")
 
 
-def decode(body: bytes) -> SampleBatch:
+def decode(body: bytes, *, shared_labels: bool = False) -> SampleBatch:
     """Decode a remote-write 1.0 body (snappy raw block of a protobuf ``WriteRequest``).
 
     Rows come out grouped by series, in the order they were sent. Series without float samples
     (only histograms or exemplars) are left out. Raises :class:`RemoteWriteError` for bad snappy,
     bad protobuf, a series without ``__name__`` or with the same label name twice.
+
+    The batch's label sets are its own, unless ``shared_labels``: then those of series seen
+    before may be the decoder's own dicts, shared with every batch that names them, and must
+    not be changed. That is for callers that only read them (the HTTP receiver hands the batch
+    to the validator and a store, neither of which changes a batch), and saves a copy of every
+    label set of every request.
     """
     if not body:
         raise RemoteWriteError("empty body: expected a snappy-compressed WriteRequest")
@@ -152,48 +161,79 @@ def decode(body: bytes) -> SampleBatch:
         raw = bytes(cramjam.snappy.decompress_raw(body))
     except Exception as e:  # cramjam raises its own DecompressionError
         raise RemoteWriteError(f"bad snappy: {e}") from None
-    batch = _decode_fast(raw)
+    batch = _decode_fast(raw, shared_labels)
     return batch if batch is not None else _decode_slow(raw)
 
 
-_label_cache: dict[bytes, dict[str, str]] = {}
-_LABEL_CACHE_MAX = 200_000
+class _LabelTable:
+    """Label sets read off the wire, numbered in order of first sight (one numbering).
+
+    ``numbers`` maps the wire bytes of a series' label fields to its number, ``label_sets[n]``
+    is the label set numbered ``n``. The table only grows; past :data:`_LABEL_TABLE_MAX` a new
+    table (a new numbering) takes its place, so numbers already handed out stay true.
+    """
+
+    def __init__(self) -> None:
+        self.numbers: dict[bytes, int] = {}
+        self.label_sets: list[dict[str, str]] = []
+        self._lock = threading.Lock()
+
+    def add(self, key: bytes) -> int:
+        """Number of the label set whose label fields are ``key``, parsed and checked if new."""
+        ts: Any = TimeSeries()
+        try:
+            ts.ParseFromString(key)
+        except DecodeError as e:
+            raise RemoteWriteError(f"bad protobuf: cannot parse series labels: {e}") from None
+        labels = _labels_of([(lab.name, lab.value) for lab in ts.labels])
+        with self._lock:
+            number = self.numbers.get(key)
+            if number is None:
+                number = len(self.label_sets)
+                self.label_sets.append(labels)  # before the number is visible in `numbers`
+                self.numbers[key] = number
+        return number
 
 
-def _labels_from_wire(key: bytes) -> dict[str, str]:
-    """Label set of a series from the bytes of its label fields, cached by those bytes."""
-    ts: Any = TimeSeries()
-    try:
-        ts.ParseFromString(key)
-    except DecodeError as e:
-        raise RemoteWriteError(f"bad protobuf: cannot parse series labels: {e}") from None
-    labels = _labels_of([(lab.name, lab.value) for lab in ts.labels])
-    if len(_label_cache) >= _LABEL_CACHE_MAX:
-        _label_cache.clear()
-    _label_cache[key] = labels
-    return labels
+_LABEL_TABLE_MAX = 200_000
+_table = _LabelTable()
 
 
-def _decode_fast(raw: bytes) -> SampleBatch | None:
+def _label_table() -> _LabelTable:
+    """The current numbering (a new one once the current is full)."""
+    global _table
+    if len(_table.label_sets) >= _LABEL_TABLE_MAX:
+        _table = _LabelTable()
+    return _table
+
+
+def _decode_fast(raw: bytes, shared_labels: bool = False) -> SampleBatch | None:
     """The vectorized path (:mod:`fleetscope.wirescan`); ``None`` when it does not apply."""
     req: Any = _SeriesBlobs()
     try:
         req.ParseFromString(raw)
     except DecodeError:
         return None
-    found = wirescan.scan(list(req.timeseries))
+    table = _label_table()
+    found = wirescan.scan(list(req.timeseries), table.numbers)
     if found is None:
         return None
     if not found.counts.size:
         return SampleBatch.empty()
-    data = found.data
-    keys = [
-        data[a:b] for a, b in zip(found.starts.tolist(), found.label_ends.tolist(), strict=True)
-    ]
-    cached = list(map(_label_cache.get, keys))
-    series = [(d or _labels_from_wire(k)).copy() for d, k in zip(cached, keys, strict=True)]
-    index = np.repeat(np.arange(len(series), dtype=np.int32), found.counts)
-    return SampleBatch(series, index, found.t_ms, found.values)
+    numbers = found.known
+    if None in numbers:
+        pairs = zip(numbers, found.keys, strict=True)
+        numbers = [table.add(k) if n is None else n for n, k in pairs]
+    # map() keeps the per-series loops in C: they are much of the Python work per request
+    known = cast(list[int], numbers)
+    label_sets = map(table.label_sets.__getitem__, known)
+    series = list(label_sets) if shared_labels else list(map(dict.copy, label_sets))
+    if found.counts.size == found.t_ms.size:  # one sample per series: Prometheus' usual
+        index = np.arange(len(series), dtype=np.int32)
+    else:
+        index = np.repeat(np.arange(len(series), dtype=np.int32), found.counts)
+    ids = LabelSetIds(table, np.array(known, np.int64))
+    return SampleBatch(series, index, found.t_ms, found.values, ids)
 
 
 def _decode_slow(raw: bytes) -> SampleBatch:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import cramjam
@@ -160,6 +161,26 @@ def test_empty_label_values_are_dropped(
     body = request(([NAME, ("team", "")], [(1.0, T0)]))
     assert post_write(client, body).status_code == 204
     assert [dict(labels) for labels, _, _ in snapshot(metric_store)] == [{"__name__": "m"}]
+
+
+def test_concurrent_writes_each_get_their_own_answer(
+    client: TestClient, snapshot: Any, metric_store: Any
+) -> None:
+    """Writes sent at once (decoded one at a time, appended together when the store groups
+    them): an out-of-order one is refused alone, the others are stored."""
+    assert post_write(client, good_body()).status_code == 204
+    late = encode(SampleBatch.from_rows([(GPU, T0 + 1, 9.0)]))
+    bodies = [
+        encode(SampleBatch.from_rows([({**GPU, "gpu": str(g)}, T0, float(g))])) for g in range(1, 9)
+    ]
+    bodies.insert(4, late)
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        statuses = list(pool.map(lambda b: post_write(client, b).status_code, bodies))
+    assert statuses == [204] * 4 + [400] + [204] * 4
+    stored = {dict(labels)["gpu"]: times for labels, times, _ in snapshot(metric_store)}
+    assert stored == {"0": [T0 + 15_000 * k for k in range(5)]} | {
+        str(g): [T0] for g in range(1, 9)
+    }
 
 
 EXPOSITION = """# HELP fleet_gpu_up GPU answered.

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fleetscope import remotewrite
 from fleetscope.ingest.validate import IngestError, validate
-from fleetscope.store import SampleBatch
+from fleetscope.store import LabelSetIds, SampleBatch
 
 T0 = 1_700_000_000_000
 M = {"__name__": "fleet_gpu_up", "node": "n1"}
@@ -67,8 +68,10 @@ def test_message_names_the_series() -> None:
 
 
 def test_empty_label_values_are_dropped() -> None:
-    got = validate(batch(({**M, "job": ""}, T0, 1.0)))
+    given = batch(({**M, "job": ""}, T0, 1.0))
+    got = validate(given)
     assert got.series == [M]
+    assert given.series == [{**M, "job": ""}]  # a new label set, the given one unchanged
 
 
 def test_exact_repeat_is_kept_once_including_nan() -> None:
@@ -96,3 +99,44 @@ def test_valid_batch_passes_unchanged() -> None:
     got = validate(b)
     assert got.series == b.series
     assert got.t_ms.tolist() == b.t_ms.tolist()
+
+
+def numbered(*rows: tuple[dict[str, str], int, float]) -> SampleBatch:
+    """A batch as the remote-write decoder hands it over: with label set numbers."""
+    return remotewrite.decode(remotewrite.encode(batch(*rows)))
+
+
+def test_label_set_numbers_are_passed_on_and_checks_still_refuse() -> None:
+    good = numbered((M, T0, 1.0), ({**M, "gpu": "0"}, T0, 1.0))
+    bad = numbered(({**M, "gpu-id": "0"}, T0, 1.0))
+    for _ in range(2):  # the second time the good label sets are known to have passed
+        got = validate(good)
+        assert got.label_set_ids is good.label_set_ids
+        assert got.series == good.series
+        with pytest.raises(IngestError, match="invalid label name 'gpu-id'"):
+            validate(bad)
+
+
+def test_label_set_numbers_are_dropped_with_cleaned_labels() -> None:
+    got = validate(numbered(({**M, "job": ""}, T0, 1.0)))
+    assert got.series == [M]
+    assert got.label_set_ids is None
+
+
+@pytest.mark.parametrize("ids", [[0, 1], [-1]], ids=["too-many", "negative"])
+def test_label_set_numbers_must_match_the_series(ids: list[int]) -> None:
+    b = numbered((M, T0, 1.0))
+    assert b.label_set_ids is not None
+    wrong = LabelSetIds(b.label_set_ids.numbering, np.array(ids, np.int64))
+    with pytest.raises(IngestError, match="do not match"):
+        validate(SampleBatch(b.series, b.series_index, b.t_ms, b.values, wrong))
+
+
+def test_label_sets_are_checked_again_in_a_new_numbering() -> None:
+    b = numbered((M, T0, 1.0))
+    assert b.label_set_ids is not None
+    validate(b)
+    renumbered = LabelSetIds(object(), b.label_set_ids.ids)
+    bad = SampleBatch([{**M, "gpu-id": "0"}], b.series_index, b.t_ms, b.values, renumbered)
+    with pytest.raises(IngestError, match="invalid label name"):
+        validate(bad)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fleetscope import remotewrite
 from fleetscope.store import (
     FakeMetricStore,
     InvalidBatchError,
@@ -190,3 +191,39 @@ def test_appender_commits_once(tmp_path: Path) -> None:
     rolled.append(gpu(0), 3000, 1.0)
     rolled.rollback()
     assert s.stats().samples == 2
+
+
+def test_numbered_batches(store: MetricStore) -> None:
+    """Decoded remote-write batches carry label set numbers; every store takes them as any."""
+    first = remotewrite.decode(remotewrite.encode(SampleBatch.from_rows([(gpu(0), 1000, 1.0)])))
+    assert first.label_set_ids is not None
+    assert store.append(first).series_created == 1
+    later = SampleBatch.from_rows([(gpu(0), 2000, 2.0), (gpu(1), 2000, 3.0)])
+    numbered = remotewrite.decode(remotewrite.encode(later))
+    assert (store.append(numbered).samples, store.append(numbered).duplicates) == (2, 2)
+    assert [(r[0][1], r[1]) for r in rows(store)] == [
+        (("gpu", "0"), 1000),
+        (("gpu", "0"), 2000),
+        (("gpu", "1"), 2000),
+    ]
+    joined = SampleBatch.concat([first, numbered]).label_set_ids
+    assert joined is not None and numbered.label_set_ids is not None
+    assert joined.ids.tolist() == [
+        *first.label_set_ids.ids.tolist(),
+        *numbered.label_set_ids.ids.tolist(),
+    ]
+    assert SampleBatch.concat([first, later]).label_set_ids is None
+
+
+def test_append_leaves_the_batch_as_it_was(store: MetricStore) -> None:
+    """Label sets of a batch may be shared with other batches: a store must not change them."""
+    batch = SampleBatch.from_rows(
+        [(gpu(1), 3000, 1.0), (gpu(0), 1000, 2.0), (gpu(1), 1000, 3.0), (gpu(1), 1000, 3.0)]
+    )
+    series = [dict(labels) for labels in batch.series]
+    columns = [a.copy() for a in (batch.series_index, batch.t_ms, batch.values)]
+    store.append(batch)
+    store.append(batch)
+    assert batch.series == series
+    for before, after in zip(columns, (batch.series_index, batch.t_ms, batch.values), strict=True):
+        assert after.tolist() == before.tolist()

@@ -12,17 +12,25 @@
 - ``POST /api/v1/records/jobs``: a JSON list of jobs, all or nothing; 200 ``{"accepted": n}``,
   400 for a body that is not JSON, 422 for bad records.
 
-Decoding and appending run in the threadpool so the event loop stays free. No 5xx for bad input:
-every refusal from the codec, the validator or the store (``StoreError``) is a 4xx.
+Decoding and appending run in the threadpool so the event loop stays free. Remote-write
+requests are decoded and validated one at a time (a lock): that work is Python and NumPy under
+the GIL, and threads taking turns inside it (NumPy lets the GIL go around every operation) cost
+more CPU than they overlap. Appends run outside the lock, so the store can group the appends of
+requests that arrive together into one commit while the next request is decoded. Decoded label
+sets are the decoder's own, shared and not copied (``shared_labels``): the validator and the
+store only read them. No 5xx for bad input: every refusal from the codec, the validator or the
+store (``StoreError``) is a 4xx.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import zlib
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -96,10 +104,16 @@ async def _read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     return b"".join(chunks)
 
 
-def _store(metrics: MetricStore, make_batch: Callable[[], SampleBatch]) -> Response:
-    """Build, validate and append a batch (in a worker thread); 204 or a 400 with the reason."""
+def _store(
+    metrics: MetricStore,
+    make_batch: Callable[[], SampleBatch],
+    cpu: AbstractContextManager[object] | None = None,
+) -> Response:
+    """Build and validate a batch (holding ``cpu`` if given) and append it (in a worker thread);
+    204 or a 400 with the reason."""
     try:
-        batch = validate(make_batch())
+        with cpu or nullcontext():
+            batch = validate(make_batch())
         metrics.append(batch)
     except _REFUSED as e:
         log.info("refused ingest: %s", e)
@@ -139,6 +153,7 @@ def _text_of(body: bytes, encoding: str) -> str:
 def make_router(metrics: MetricStore, records: RecordStore) -> APIRouter:
     """Routes of the ingest edge, writing into ``metrics`` and ``records``."""
     router = APIRouter(tags=["ingest"])
+    decoding = threading.Lock()  # remote-write decoding and validating: one at a time
 
     @router.post("/api/v1/write", status_code=204, response_class=Response)
     async def remote_write(request: Request) -> Response:
@@ -147,7 +162,9 @@ def make_router(metrics: MetricStore, records: RecordStore) -> APIRouter:
             body = await _read_body(request)
         except _Refusal as r:
             return r.response()
-        return await run_in_threadpool(_store, metrics, lambda: remotewrite.decode(body))
+        return await run_in_threadpool(
+            _store, metrics, lambda: remotewrite.decode(body, shared_labels=True), decoding
+        )
 
     @router.post("/api/v1/import/prometheus", status_code=204, response_class=Response)
     async def import_prometheus(request: Request) -> Response:

@@ -16,7 +16,15 @@ Conventions every adapter keeps:
   double-count).
 - Unknown values are not stored: ``None`` never reaches a store, NaN is a legal float sample
   (Prometheus' staleness marker is a NaN with a special bit pattern and is kept as is).
-- Adapters are safe to call from several threads; they serialize writes internally.
+- Adapters are safe to call from several threads; they serialize writes internally (the DuckDB
+  adapter commits appends that arrive together as one group, each batch still accepted or
+  refused on its own).
+- A :class:`SampleBatch` may carry ``label_set_ids`` (optional; see :class:`LabelSetIds`):
+  numbers that let an adapter know a label set again without reading it. Adapters may use them
+  or ignore them; what is stored is the same either way.
+- Adapters never change a batch they are given, its arrays or its label sets: the label sets
+  may be shared with other batches (the remote-write receiver passes the decoder's own). An
+  adapter that keeps a label set keeps a copy.
 
 No SQL outside this package (DESIGN.md). Adapters: ``duckdb`` (embedded).
 """
@@ -85,18 +93,42 @@ def matches_all(labels: Mapping[str, str], matchers: Sequence[Matcher]) -> bool:
     return all(m.matches(labels.get(m.name, "")) for m in matchers)
 
 
+@dataclass(frozen=True, eq=False)
+class LabelSetIds:
+    """Numbers for the label sets of a batch, from one numbering: a cheap way to know them again.
+
+    ``ids[i]`` numbers ``series[i]`` of the batch that carries it. Numbers are small
+    non-negative integers handed out in order of first sight (0, 1, 2 …), so a consumer can
+    keep what it learnt about a label set (checked, stored as series 17 …) in an array indexed
+    by its number. Within one ``numbering`` (compared by identity) an equal number means an
+    equal label set (the same pairs in the same order), in any batch, for the life of the
+    process. A producer may start a new numbering (the remote-write decoder does so past a size
+    limit); a consumer then forgets what it kept for the old one.
+    """
+
+    numbering: object
+    ids: npt.NDArray[np.int64]
+
+
 @dataclass
 class SampleBatch:
     """A columnar batch of samples: the unit of bulk appends.
 
     ``series[i]`` is a label set (with ``__name__``); row ``k`` is the sample
     ``(series[series_index[k]], t_ms[k], values[k])``. Rows need not be sorted.
+
+    ``label_set_ids`` is optional (``None``: not numbered): numbers for ``series`` (see
+    :class:`LabelSetIds`), as the remote-write decoder hands them out, so that per-label-set
+    work is done once per label set, not once per batch (the validator remembers which label
+    sets passed its checks, the DuckDB store their series ids). Whoever changes a label set of
+    a numbered batch must drop the numbers; stores may ignore them.
     """
 
     series: list[dict[str, str]]
     series_index: npt.NDArray[np.int32]
     t_ms: npt.NDArray[np.int64]
     values: npt.NDArray[np.float64]
+    label_set_ids: LabelSetIds | None = None
 
     def __len__(self) -> int:
         return int(self.t_ms.shape[0])
@@ -131,7 +163,10 @@ class SampleBatch:
 
     @classmethod
     def concat(cls, batches: Sequence[SampleBatch]) -> SampleBatch:
-        """Join batches into one (series are not merged; the store merges equal label sets)."""
+        """Join batches into one (series are not merged; the store merges equal label sets).
+
+        The result is numbered only when every batch is, in the same numbering.
+        """
         series: list[dict[str, str]] = []
         idx: list[npt.NDArray[np.int32]] = []
         for b in batches:
@@ -139,11 +174,21 @@ class SampleBatch:
             series.extend(b.series)
         if not batches:
             return cls.empty()
+        numbered = [b.label_set_ids for b in batches]
+        first = numbered[0]
+        ids = None
+        if first is not None and all(
+            n is not None and n.numbering is first.numbering for n in numbered
+        ):
+            ids = LabelSetIds(
+                first.numbering, np.concatenate([n.ids for n in numbered if n is not None])
+            )
         return cls(
             series,
             np.concatenate(idx),
             np.concatenate([b.t_ms for b in batches]),
             np.concatenate([b.values for b in batches]),
+            ids,
         )
 
 

@@ -9,8 +9,18 @@ append (all new samples newer than the head) needs no read; an append that reach
 is checked against stored rows, where an exact resend is a duplicate and anything else is out of
 order (Prometheus' rule, with no out-of-order window).
 
-Writes are serialized by a lock and each append is one transaction: nothing of a rejected batch
-is stored, and :meth:`append` returns only after DuckDB has committed (durable in its WAL).
+Writes are serialized by a lock. Appends are *group committed*: an append queues its batch and
+takes the write lock; whoever gets it first writes every batch queued by then in one transaction,
+so appends from several threads that arrive during a commit share the next one (one DuckDB
+statement and commit instead of one each). Each batch is still checked on its own, in queue
+order, against the series as the batches before it left them: a rejected batch (out of order,
+invalid) fails alone, stores nothing, and the others commit. Should the transaction itself fail,
+its batches are retried one transaction each, so only a batch that cannot be written fails.
+:meth:`append` returns only after DuckDB has committed its batch (durable in its WAL).
+
+Series ids are found by label set; batches numbered by the remote-write decoder
+(``label_set_ids``) find them in an array indexed by label-set number, all at once.
+
 Reads use their own cursor so they can run beside a write. Bulk inserts go through Arrow tables.
 Records (jobs, events) are kept in ``jobs`` and ``events`` with times as integer milliseconds.
 """
@@ -21,6 +31,7 @@ import json
 import os
 import threading
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -83,6 +94,15 @@ def _key(labels: Mapping[str, str]) -> str:
     return json.dumps(sorted(labels.items()), separators=(",", ":"))
 
 
+def _insert(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table) -> None:
+    """Insert an Arrow table into ``table``.
+
+    DuckDB finds ``rows`` by its Python name (a replacement scan): cheaper than registering a
+    view and dropping it, which are two catalog changes of their own.
+    """
+    con.execute(f"INSERT INTO {table} SELECT * FROM rows")
+
+
 def _ms(dt: datetime | None) -> int | None:
     return None if dt is None else int(dt.timestamp() * 1000)
 
@@ -116,6 +136,11 @@ class DuckDBStore:
         # label pairs in the order a client sent them → id; skips building the canonical key
         # for series seen before (the common case: every scrape repeats the same label sets)
         self._seen: dict[tuple[tuple[str, str], ...], int] = {}
+        # label-set number (SampleBatch.label_set_ids) → series id, -1 unknown, in one numbering
+        self._numbering: object = None
+        self._id_of_number = np.empty(0, np.int64)
+        self._queue: list[_Pending] = []  # appends waiting for the next group commit
+        self._queue_lock = threading.Lock()
         self._by_name: dict[str, list[int]] = {}
         self._head = np.empty(0, np.int64)
         self._load_index()
@@ -159,71 +184,149 @@ class DuckDBStore:
     def append(self, batch: SampleBatch) -> AppendResult:
         if len(batch) == 0:
             return AppendResult(0, 0, 0)
+        mine = _Pending(batch)
+        with self._queue_lock:
+            self._queue.append(mine)
         with self._lock:
-            return self._append_locked(batch)
+            if mine.result is None and mine.error is None:
+                with self._queue_lock:
+                    group, self._queue = self._queue, []
+                self._commit_group(group)
+        if mine.error is not None:
+            raise mine.error
+        assert mine.result is not None
+        return mine.result
 
-    def _append_locked(self, batch: SampleBatch) -> AppendResult:
+    def _commit_group(self, group: list[_Pending]) -> None:
+        """Check every queued batch in order and write the accepted ones (holding the lock)."""
+        stage = _Stage()
+        try:
+            for pending in group:
+                self._stage(stage, pending)
+            self._flush(stage)
+        except BaseException:  # a bug or an interrupt: heads must not count unwritten rows
+            stage.undo(self)
+            raise
+        finally:  # never leave a waiter without an answer
+            for pending in group:
+                if pending.result is None and pending.error is None:
+                    pending.error = RuntimeError("append abandoned by a failed group commit")
+
+    def _stage(self, stage: _Stage, pending: _Pending) -> None:
+        """Add one batch to the stage, or fail it alone."""
+        try:
+            try:
+                plan = self._plan(pending.batch, stage)
+            except _NeedsFlush:
+                self._flush(stage)
+                plan = self._plan(pending.batch, stage)
+        except Exception as e:  # the batch's own fault (a StoreError, or a malformed batch)
+            pending.error = e
+            return
+        stage.add(self, plan, pending)
+
+    def _plan(self, batch: SampleBatch, stage: _Stage) -> _Plan:
+        """Check a batch against the stored and staged series; what writing it would add."""
         if not (len(batch.series_index) == len(batch.t_ms) == len(batch.values)):
             raise InvalidBatchError("batch columns have different lengths")
-        # Map the batch's label sets onto ids, staging the series this batch creates.
-        local = np.empty(len(batch.series), np.int64)
-        new_series: list[tuple[int, dict[str, str], str]] = []
-        staged: dict[str, int] = {}
-        next_id = len(self._labels)
+        plan = _Plan(first_id=len(self._labels) + len(stage.new_series))
+        ids = self._series_ids(batch, stage, plan)[batch.series_index]
+        t = batch.t_ms.astype(np.int64, copy=False)
+        v = batch.values.astype(np.float64, copy=False)
+        if not (ids[1:] > ids[:-1]).all():  # sort by (series, time) unless each series is once
+            order = np.argsort(ids)
+            if not (ids[order][1:] > ids[order][:-1]).all():
+                order = np.lexsort((t, ids))
+            ids, t, v = ids[order], t[order], v[order]
+
+            # Repeats inside the batch: an exact repeat is one sample, anything else an error.
+            same_point = (ids[1:] == ids[:-1]) & (t[1:] == t[:-1])
+            if same_point.any():
+                clash = same_point & ~_same(v[1:], v[:-1])
+                if clash.any():
+                    k = int(np.argmax(clash))
+                    raise OutOfOrderError(
+                        f"two different values for "
+                        f"{self._describe(int(ids[k]), stage.new_series, plan.new_series)} "
+                        f"at {int(t[k])}"
+                    )
+                keep = np.concatenate(([True], ~same_point))
+                ids, t, v = ids[keep], t[keep], v[keep]
+                plan.duplicates = int(same_point.sum())
+
+        head = self._head
+        if int(ids[-1]) < len(head):  # ids are sorted: all of them known
+            heads = head[ids]
+        else:
+            heads = np.full(len(ids), _NO_HEAD, np.int64)
+            known = ids < len(head)
+            heads[known] = head[ids[known]]
+        old = t <= heads
+        if old.any():
+            if stage.touches(ids[old]):  # rows to compare with may still be in the stage
+                raise _NeedsFlush
+            self._check_resend(ids[old], t[old], v[old])
+            plan.duplicates += int(old.sum())
+            ids, t, v = ids[~old], t[~old], v[~old]
+        plan.ids, plan.t, plan.v = ids, t, v
+        return plan
+
+    def _series_ids(self, batch: SampleBatch, stage: _Stage, plan: _Plan) -> npt.NDArray[np.int64]:
+        """Id of each label set of the batch; series new to the store are added to ``plan``."""
+        n = len(batch.series)
+        numbered = batch.label_set_ids
+        todo: Iterable[int] = range(n)
+        if numbered is not None:
+            if len(numbered.ids) != n:
+                raise InvalidBatchError("batch has label set numbers that do not match its series")
+            if numbered.numbering is not self._numbering:
+                self._numbering = numbered.numbering
+                self._id_of_number = np.empty(0, np.int64)
+            numbers = numbered.ids
+            if n and int(numbers.max()) >= len(self._id_of_number):
+                grow = max(
+                    int(numbers.max()) + 1 - len(self._id_of_number), len(self._id_of_number)
+                )
+                self._id_of_number = np.append(self._id_of_number, np.full(grow, -1, np.int64))
+            local = self._id_of_number[numbers]
+            missing = local < 0
+            if not missing.any():
+                return local
+            todo = np.flatnonzero(missing).tolist()
+        else:
+            local = np.empty(n, np.int64)
         seen = self._seen
-        for i, labels in enumerate(batch.series):
+        for i in todo:
+            labels = batch.series[i]
             pairs = tuple(labels.items())
             sid = seen.get(pairs)
             if sid is None:
                 if not labels.get(METRIC_NAME):
                     raise InvalidBatchError(f"series {labels} has no metric name")
                 key = _key(labels)
-                sid = self._ids.get(key, staged.get(key))
+                sid = self._ids.get(key)
                 if sid is None:
-                    sid = staged[key] = next_id + len(new_series)
-                    new_series.append((sid, dict(labels), key))
-                elif sid < next_id:
+                    sid = stage.staged.get(key)
+                if sid is None:
+                    sid = plan.staged.get(key)
+                if sid is None:
+                    sid = plan.staged[key] = plan.first_id + len(plan.new_series)
+                    plan.new_series.append((sid, dict(labels), key))
+                elif sid < len(self._labels):
                     seen[pairs] = sid
+            if numbered is not None:
+                if sid < len(self._labels):
+                    self._id_of_number[numbered.ids[i]] = sid
+                else:  # known once committed
+                    plan.numbered.append((numbered.numbering, int(numbered.ids[i]), sid))
             local[i] = sid
-        ids = local[batch.series_index]
-        t = batch.t_ms.astype(np.int64, copy=False)
-        v = batch.values.astype(np.float64, copy=False)
-        order = np.lexsort((t, ids))
-        ids, t, v = ids[order], t[order], v[order]
-
-        # Repeats inside the batch: an exact repeat is one sample, anything else is an error.
-        same_point = (ids[1:] == ids[:-1]) & (t[1:] == t[:-1])
-        if same_point.any():
-            clash = same_point & ~_same(v[1:], v[:-1])
-            if clash.any():
-                k = int(np.argmax(clash))
-                raise OutOfOrderError(
-                    f"two different values for {self._describe(int(ids[k]), new_series)} "
-                    f"at {int(t[k])}"
-                )
-            keep = np.concatenate(([True], ~same_point))
-            ids, t, v = ids[keep], t[keep], v[keep]
-        inner_dups = int(same_point.sum())
-
-        heads = np.full(len(ids), _NO_HEAD, np.int64)
-        known = ids < len(self._head)
-        heads[known] = self._head[ids[known]]
-        old = t <= heads
-        dups = 0
-        if old.any():
-            self._check_resend(ids[old], t[old], v[old], new_series)
-            dups = int(old.sum())
-            ids, t, v = ids[~old], t[~old], v[~old]
-
-        self._write(new_series, ids, t, v)
-        return AppendResult(len(t), dups + inner_dups, len(new_series))
+        return local
 
     def _check_resend(
         self,
         ids: npt.NDArray[np.int64],
         t: npt.NDArray[np.int64],
         v: npt.NDArray[np.float64],
-        new_series: list[tuple[int, dict[str, str], str]],
     ) -> None:
         """Raise :class:`OutOfOrderError` unless every old sample is already stored as is."""
         probe = pa.table({"series_id": ids.astype(np.int32), "t": t, "v": v})
@@ -244,31 +347,70 @@ class DuckDBStore:
             k = int(np.argmax(bad))
             sid = int(found["series_id"][k])
             raise OutOfOrderError(
-                f"out of order sample for {self._describe(sid, new_series)}: "
+                f"out of order sample for {self._describe(sid)}: "
                 f"timestamp {int(found['t'][k])} is not after the newest stored sample "
                 f"({int(self._head[sid])})"
             )
 
-    def _describe(self, sid: int, new_series: list[tuple[int, dict[str, str], str]]) -> str:
+    def _describe(self, sid: int, *new: list[tuple[int, dict[str, str], str]]) -> str:
+        """A series in PromQL notation, by id: stored, or new in one of the ``new`` lists."""
         labels = self._labels[sid] if sid < len(self._labels) else None
         if labels is None:
-            labels = next(lab for i, lab, _ in new_series if i == sid)
+            labels = next(lab for added in new for i, lab, _ in added if i == sid)
         name = labels.get(METRIC_NAME, "")
         rest = ",".join(f'{k}="{val}"' for k, val in sorted(labels.items()) if k != METRIC_NAME)
         return f"{name}{{{rest}}}"
 
-    def _write(
-        self,
-        new_series: list[tuple[int, dict[str, str], str]],
-        ids: npt.NDArray[np.int64],
-        t: npt.NDArray[np.int64],
-        v: npt.NDArray[np.float64],
-    ) -> None:
-        if not new_series and len(t) == 0:
+    def _flush(self, stage: _Stage) -> None:
+        """Write the stage in one transaction and answer its appends; leaves the stage empty.
+
+        When the transaction fails, the heads are put back and each batch is retried in a
+        transaction of its own, so that only a batch that cannot be written gets the error.
+        """
+        if not stage.pending:
             return
-        samples = pa.Table.from_arrays(
-            [pa.array(ids.astype(np.int32)), pa.array(t), pa.array(v)], schema=_SAMPLES_SCHEMA
-        )
+        pending, results = list(stage.pending), list(stage.results)
+        try:
+            self._write(stage)
+        except BaseException as e:
+            stage.undo(self)
+            stage.clear()
+            if not isinstance(e, Exception):
+                raise
+            if len(pending) == 1:
+                pending[0].error = e
+                return
+            for p in pending:
+                self._stage(stage, p)
+                self._flush(stage)
+            return
+        for _sid, labels, key in stage.new_series:
+            self._register(labels, key)
+        for numbering, number, sid in stage.numbered:
+            if numbering is self._numbering and number < len(self._id_of_number):
+                self._id_of_number[number] = sid
+        stage.clear()
+        for p, result in zip(pending, results, strict=True):
+            p.result = result
+
+    def _write(self, stage: _Stage) -> None:
+        """Insert the stage's new series and samples: one statement, or one transaction."""
+        con = self._con
+        new_series = stage.new_series
+        if not new_series and not stage.ids:  # nothing new: exact resends only
+            return
+        if stage.ids:
+            samples = pa.Table.from_arrays(
+                [
+                    pa.array(np.concatenate(stage.ids).astype(np.int32)),
+                    pa.array(np.concatenate(stage.t)),
+                    pa.array(np.concatenate(stage.v)),
+                ],
+                schema=_SAMPLES_SCHEMA,
+            )
+            if not new_series:  # one statement is atomic on its own
+                _insert(con, "samples", samples)
+                return
         series = pa.Table.from_pydict(
             {
                 "id": [sid for sid, _, _ in new_series],
@@ -277,28 +419,15 @@ class DuckDBStore:
             },
             schema=_SERIES_SCHEMA,
         )
-        con = self._con
         con.execute("BEGIN TRANSACTION")
         try:
-            if new_series:
-                con.register("new_series", series)
-                con.execute("INSERT INTO series SELECT * FROM new_series")
-                con.unregister("new_series")
-            if len(t):
-                con.register("new_samples", samples)
-                con.execute("INSERT INTO samples SELECT * FROM new_samples")
-                con.unregister("new_samples")
+            _insert(con, "series", series)
+            if stage.ids:
+                _insert(con, "samples", samples)
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
             raise
-        for _sid, labels, key in new_series:
-            self._register(labels, key)
-        if new_series:
-            grow = np.full(len(self._labels) - len(self._head), _NO_HEAD, np.int64)
-            self._head = np.concatenate([self._head, grow])
-        if len(t):
-            np.maximum.at(self._head, ids, t)
 
     # ----------------------------------------------------------------- reads
 
@@ -522,6 +651,85 @@ class DuckDBStore:
     def close(self) -> None:
         with self._lock:
             self._con.close()
+
+
+class _NeedsFlush(Exception):
+    """A batch must be checked against stored rows that are still in the stage."""
+
+
+@dataclass(eq=False)
+class _Pending:
+    """One append waiting for a group commit: its batch, then its result or its error."""
+
+    batch: SampleBatch
+    result: AppendResult | None = None
+    error: BaseException | None = None
+
+
+@dataclass(eq=False)
+class _Plan:
+    """What one checked batch adds: new series (and their label-set numbers), sorted rows."""
+
+    first_id: int  # id of the plan's first new series
+    new_series: list[tuple[int, dict[str, str], str]] = field(default_factory=list)
+    staged: dict[str, int] = field(default_factory=dict)  # canonical key → id, new series
+    numbered: list[tuple[object, int, int]] = field(default_factory=list)  # numbering, n, id
+    ids: npt.NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
+    t: npt.NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
+    v: npt.NDArray[np.float64] = field(default_factory=lambda: np.empty(0, np.float64))
+    duplicates: int = 0
+
+
+@dataclass(eq=False)
+class _Stage:
+    """The accepted batches of one transaction, not written yet.
+
+    Adding a plan moves the store's heads forward at once (so the next batch in the group is
+    checked against them); ``saved`` holds the heads it replaced, for :meth:`undo`.
+    """
+
+    pending: list[_Pending] = field(default_factory=list)
+    results: list[AppendResult] = field(default_factory=list)
+    new_series: list[tuple[int, dict[str, str], str]] = field(default_factory=list)
+    staged: dict[str, int] = field(default_factory=dict)
+    numbered: list[tuple[object, int, int]] = field(default_factory=list)
+    ids: list[npt.NDArray[np.int64]] = field(default_factory=list)
+    t: list[npt.NDArray[np.int64]] = field(default_factory=list)
+    v: list[npt.NDArray[np.float64]] = field(default_factory=list)
+    saved: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]] = field(default_factory=list)
+
+    def add(self, store: DuckDBStore, plan: _Plan, pending: _Pending) -> None:
+        self.pending.append(pending)
+        self.results.append(AppendResult(len(plan.t), plan.duplicates, len(plan.new_series)))
+        self.new_series += plan.new_series
+        self.staged.update(plan.staged)
+        self.numbered += plan.numbered
+        if plan.new_series:
+            grow = np.full(len(plan.new_series), _NO_HEAD, np.int64)
+            store._head = np.concatenate([store._head, grow])
+        if len(plan.t):
+            ids, t = plan.ids, plan.t
+            last = np.append(ids[1:] != ids[:-1], True)  # rows are sorted by (id, t)
+            top = ids[last]
+            self.saved.append((top, store._head[top]))
+            store._head[top] = t[last]
+            self.ids.append(ids)
+            self.t.append(t)
+            self.v.append(plan.v)
+
+    def touches(self, ids: npt.NDArray[np.int64]) -> bool:
+        """Whether the stage holds samples of any of these series."""
+        return any(np.isin(ids, top).any() for top, _ in self.saved)
+
+    def undo(self, store: DuckDBStore) -> None:
+        """Put the heads back as they were before this stage."""
+        for top, before in reversed(self.saved):
+            store._head[top] = before
+        store._head = store._head[: len(store._labels)].copy()
+
+    def clear(self) -> None:
+        self.pending, self.results, self.new_series, self.numbered = [], [], [], []
+        self.staged, self.ids, self.t, self.v, self.saved = {}, [], [], [], []
 
 
 class _Appender:
