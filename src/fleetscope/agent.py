@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import struct
 import threading
 import time
 from collections import deque
@@ -65,15 +64,12 @@ from fleetscope import catalog, remotewrite
 from fleetscope.collect import Collector, Sample
 from fleetscope.collect.attribution import AllocationCollector, job_of_pid
 from fleetscope.collect.gpu import GPUCollector
-from fleetscope.store import METRIC_NAME, SampleBatch
+from fleetscope.store import METRIC_NAME, STALE_NAN, SampleBatch
 
-__all__ = ["STALE_NAN", "Agent", "default_collectors"]
+__all__ = ["Agent", "default_collectors"]
 
 log = logging.getLogger(__name__)
 
-STALE_NAN_BITS = 0x7FF0000000000002
-STALE_NAN: float = struct.unpack("<d", STALE_NAN_BITS.to_bytes(8, "little"))[0]
-"""Prometheus' staleness marker (``value.StaleNaN``): a NaN with this exact bit pattern."""
 
 LabelKey = tuple[tuple[str, str], ...]  # a series' sorted label pairs, ``__name__`` included
 

@@ -8,8 +8,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge
 
-from fleetscope.ingest.scrape import STALE_NAN_BITS, UP, Scraper, ScrapeTarget
-from fleetscope.store import Matcher
+from fleetscope.ingest.scrape import UP, Scraper, ScrapeTarget
+from fleetscope.store import STALE_NAN_BITS, Matcher
 
 
 def latest(store: Any, name: str, **labels: str) -> list[tuple[dict[str, str], float]]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import struct
 import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -28,7 +27,7 @@ import numpy as np
 
 from fleetscope.ingest import exposition
 from fleetscope.ingest.validate import IngestError, validate
-from fleetscope.store import METRIC_NAME, MetricStore, SampleBatch, StoreError
+from fleetscope.store import METRIC_NAME, STALE_NAN, MetricStore, SampleBatch, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +35,6 @@ UP = "up"
 """Prometheus' target health series: 1 when the scrape succeeded, 0 when it failed."""
 SCRAPE_DURATION = "scrape_duration_seconds"
 SCRAPE_SAMPLES = "scrape_samples_scraped"
-STALE_NAN_BITS = 0x7FF0000000000002
-STALE_NAN: float = struct.unpack("<d", STALE_NAN_BITS.to_bytes(8, "little"))[0]
 """Prometheus' staleness marker: a NaN with this exact bit pattern."""
 ACCEPT = "text/plain;version=0.0.4;q=1,application/openmetrics-text;version=1.0.0;q=0.5,*/*;q=0.1"
 

@@ -38,13 +38,13 @@ import promql_parser as pp
 from fleetscope.query import QueryError, QueryResult
 from fleetscope.query.engine import AT_MODIFIER_UNSAFE, Evaluator
 from fleetscope.query.functions import parse_go_float
-from fleetscope.query.value import STALE_NAN_BITS, Labels, format_labels, make_labels
-from fleetscope.store import SampleBatch, StoreError
+from fleetscope.query.value import Labels, format_labels, make_labels
+from fleetscope.store import STALE_NAN, SampleBatch, StoreError
 from fleetscope.store.duckdb import DuckDBStore
 
 EPSILON = 1e-6  # relative error allowed for sample values (promql/test.go)
 MIN_NORMAL = 2.2250738585072014e-308  # smallest positive normal float64
-STALE = float(np.array([STALE_NAN_BITS], np.int64).view(np.float64)[0])
+STALE = STALE_NAN
 
 _EVAL = re.compile(r"^eval(?:_(fail|ordered))?\s+instant\s+(?:at\s+(.+?))?\s+(.+)$")
 _LOAD = re.compile(r"^load\s+(.+?)$")

@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fleetscope.query import QueryError
+from fleetscope.store import STALE_NAN_BITS
 
 Labels = tuple[tuple[str, str], ...]
 F64 = npt.NDArray[np.float64]
@@ -34,7 +35,6 @@ I64 = npt.NDArray[np.int64]
 Bools = npt.NDArray[np.bool_]
 
 NAME = "__name__"
-STALE_NAN_BITS = 0x7FF0000000000002  # Prometheus' staleness marker (value.StaleNaN)
 DUPLICATE_LABELSET = "vector cannot contain metrics with the same labelset"
 
 

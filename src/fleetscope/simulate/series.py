@@ -12,7 +12,7 @@ series (GPUs, allocations, label combinations).
 
 Staleness markers, as the live agents write them (:mod:`fleetscope.agent`): a series present
 at one tick and absent at the next (an allocation or process that ended, a lost GPU's gauges, a
-pending reason nobody waits for any more) gets one :data:`~fleetscope.agent.STALE_NAN` sample
+pending reason nobody waits for any more) gets one :data:`~fleetscope.store.STALE_NAN` sample
 at that next tick (:meth:`Builder.build_with_markers`).
 """
 
@@ -24,14 +24,14 @@ from itertools import pairwise
 import numpy as np
 import numpy.typing as npt
 
-from fleetscope.agent import STALE_NAN, LabelKey
+from fleetscope.agent import LabelKey
 from fleetscope.model import WORKLOADS
 from fleetscope.simulate.behaviour import Frame
 from fleetscope.simulate.cluster import OPEN
 from fleetscope.simulate.fleet import Fleet
 from fleetscope.simulate.jobs import SimJob
 from fleetscope.simulate.scheduler import REASONS
-from fleetscope.store import METRIC_NAME, SampleBatch
+from fleetscope.store import METRIC_NAME, STALE_NAN, SampleBatch
 
 __all__ = ["CUMULATIVE", "Builder", "Present", "gpu_batch", "sched_batch"]
 

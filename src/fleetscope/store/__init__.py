@@ -45,6 +45,11 @@ from fleetscope.model import Event, Job
 MatchOp = Literal["=", "!=", "=~", "!~"]
 METRIC_NAME = "__name__"
 
+STALE_NAN_BITS = 0x7FF0000000000002
+STALE_NAN: float = float(np.array([STALE_NAN_BITS], np.int64).view(np.float64)[0])
+"""Prometheus' staleness marker (``value.StaleNaN``): a NaN with this exact bit pattern, written
+when a series disappears; queries treat the series as absent from then on."""
+
 
 class StoreError(Exception):
     """Base class of store errors that the API edge turns into 4xx answers."""
