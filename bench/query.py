@@ -799,7 +799,9 @@ def load_all(args: argparse.Namespace, work: Path, end_ms: int) -> Manifest:
         simulated = not (cache / "complete").exists()
         if system == "fleetscope":
             store = DuckDBStore(work / "fleetscope" / "fleetscope.duckdb")
-            counts, sink_s, total_s = feed([store], args.gpus, end_ms, args.endpoints, cache)
+            counts, sink_s, total_s = feed(
+                [_Compacting(store)], args.gpus, end_ms, args.endpoints, cache
+            )
             started = time.perf_counter()
             store.checkpoint()
             store.close()
@@ -848,7 +850,7 @@ def gauge_bytes(
         services: list[tuple[str, str, Any, Path]] = []
         for metric in GPU_GAUGES:
             store = DuckDBStore(base / f"{metric}.duckdb")
-            sinks.append(_Only(store, metric))
+            sinks.append(_Only(_Compacting(store), metric))
             services.append((metric, "fleetscope", store, base / f"{metric}.duckdb"))
             for system, starter in (("prometheus", prometheus), ("vm", victoria_metrics)):
                 service = stack.enter_context(starter(base / f"{system}-{metric}"))
@@ -879,6 +881,18 @@ def gauge_bytes(
     if not args.keep_gauges:
         shutil.rmtree(base)
     return rows
+
+
+class _Compacting:
+    """Appends to a DuckDB store and compacts the blocks that closed, as the server's
+    housekeeping thread does live (the freed head blocks are reused by later appends)."""
+
+    def __init__(self, store: DuckDBStore) -> None:
+        self.store = store
+
+    def append(self, batch: SampleBatch) -> None:
+        self.store.append(batch)
+        self.store.compact()
 
 
 class _Only:

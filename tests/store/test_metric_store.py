@@ -10,6 +10,7 @@ import pytest
 
 from fleetscope import remotewrite
 from fleetscope.store import (
+    AppendResult,
     FakeMetricStore,
     InvalidBatchError,
     Matcher,
@@ -20,18 +21,36 @@ from fleetscope.store import (
 )
 from fleetscope.store.duckdb import DuckDBStore
 
-STALE_NAN = np.array([0x7FF0000000000002], np.int64).view(np.float64)[0]
+STALE_NAN = float(np.array([0x7FF0000000000002], np.int64).view(np.float64)[0])
 
 
 def gpu(i: int, name: str = "fleet_gpu_utilization_ratio", **extra: str) -> dict[str, str]:
     return {"__name__": name, "node": "n1", "gpu": str(i), **extra}
 
 
-@pytest.fixture(params=["duckdb", "fake"])
+class CompactingStore(DuckDBStore):
+    """A DuckDB store that compacts after every append, with 1-second blocks and no head margin:
+    every stored sample but the newest second's is in ``blocks``, so each test of the port also
+    runs on the union of the two tables."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, block_ms=1000, head_keep_ms=0)
+
+    def append(self, batch: SampleBatch) -> AppendResult:
+        result = super().append(batch)
+        self.compact()
+        return result
+
+
+@pytest.fixture(params=["duckdb", "duckdb-compacting", "fake"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MetricStore]:
-    s: MetricStore = (
-        DuckDBStore(tmp_path / "m.duckdb") if request.param == "duckdb" else (FakeMetricStore())
-    )
+    s: MetricStore
+    if request.param == "duckdb":
+        s = DuckDBStore(tmp_path / "m.duckdb")
+    elif request.param == "duckdb-compacting":
+        s = CompactingStore(tmp_path / "m.duckdb")
+    else:
+        s = FakeMetricStore()
     yield s
     s.close()
 
@@ -227,3 +246,75 @@ def test_append_leaves_the_batch_as_it_was(store: MetricStore) -> None:
     assert batch.series == series
     for before, after in zip(columns, (batch.series_index, batch.t_ms, batch.values), strict=True):
         assert after.tolist() == before.tolist()
+
+
+def _random_history(rng: np.random.Generator, series: int, points: int) -> SampleBatch:
+    """Samples of ``series`` series at irregular times over ~10 s, with NaNs and stale markers."""
+    rows_: list[tuple[dict[str, str], int, float]] = []
+    for i in range(series):
+        name = "fleet_gpu_power_watts" if i % 3 else "fleet_gpu_utilization_ratio"
+        times = np.cumsum(rng.integers(1, 400, points))
+        for t in times.tolist():
+            value = float(rng.normal())
+            if rng.random() < 0.05:
+                value = STALE_NAN if rng.random() < 0.5 else float("nan")
+            rows_.append((gpu(i, name), int(t), value))
+    rows_.sort(key=lambda r: r[1])
+    return SampleBatch.from_rows(rows_)
+
+
+def test_compaction_moves_closed_blocks_and_changes_no_answer(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    history = _random_history(rng, series=12, points=40)
+    plain = DuckDBStore(tmp_path / "plain.duckdb")
+    compacted = DuckDBStore(tmp_path / "c.duckdb", block_ms=1000, head_keep_ms=500)
+    for s in (plain, compacted):
+        s.append(history)
+    newest = int(history.t_ms.max())
+    moved = compacted.compact(max_blocks=2)
+    assert moved > 0
+    moved += compacted.compact()
+    # Everything in blocks ending at least 500 ms before the newest sample left the head.
+    closed_end = ((newest - 500) // 1000) * 1000
+    assert moved == int((history.t_ms < closed_end).sum())
+    assert compacted.compact() == 0  # nothing left to do
+    assert compacted.stats().samples == plain.stats().samples == len(history)
+    assert rows(compacted) == rows(plain)
+    everything = [Matcher("__name__", "=~", ".+")]
+    for mint, maxt, step in [(0, newest, 0), (2500, 7100, 0), (1000, newest, 700)]:
+        hints = SelectHints(start_ms=mint + 300, end_ms=maxt, step_ms=step, lookback_ms=300)
+        for matchers in (everything, [Matcher("__name__", "=", "fleet_gpu_power_watts")]):
+            a = plain.select(matchers, mint, maxt, hints if step else None)
+            b = compacted.select(matchers, mint, maxt, hints if step else None)
+            assert [x.labels for x in a] == [x.labels for x in b]
+            for x, y in zip(a, b, strict=True):
+                assert x.t_ms.tolist() == y.t_ms.tolist()
+                assert x.values.view(np.int64).tolist() == y.values.view(np.int64).tolist()
+    assert plain.series(everything, 5000, 6000) == compacted.series(everything, 5000, 6000)
+    plain.close()
+    compacted.close()
+
+
+def test_compacted_samples_keep_resend_and_order_checks_across_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "c.duckdb"
+    s = DuckDBStore(path, block_ms=1000, head_keep_ms=0)
+    first = SampleBatch.from_rows([(gpu(0), t, float(t)) for t in range(0, 5000, 250)])
+    s.append(first)
+    assert s.compact() == 16  # blocks [0,1000) … [3000,4000); the newest block stays
+    s.close()
+    s = DuckDBStore(path, block_ms=1000, head_keep_ms=0)  # heads come back from both tables
+    assert s.append(first) == AppendResult(0, len(first), 0)  # a resend, found in the blocks
+    with pytest.raises(OutOfOrderError):
+        s.append(SampleBatch.from_rows([(gpu(0), 1000, 7.0)]))  # conflicts with a block row
+    with pytest.raises(OutOfOrderError):
+        s.append(SampleBatch.from_rows([(gpu(0), 4500, 1.0)]))  # behind the head
+    # A new series may still arrive with old timestamps: it lands in the head, reads see it,
+    # and the next compaction puts it into a run (with gpu 0's block [4000, 5000), closed now).
+    s.append(SampleBatch.from_rows([(gpu(1), 100, 1.0), (gpu(1), 5100, 2.0)]))
+    assert [x.t_ms.tolist() for x in s.select([Matcher("gpu", "=", "1")], 0, 10_000)] == [
+        [100, 5100]
+    ]
+    assert s.compact() == 1 + 4
+    assert s.delete_before(2000) == 8 + 1  # 8 of gpu 0 and one of gpu 1, from the blocks
+    assert s.stats().samples == 20 - 8 + 1
+    s.close()

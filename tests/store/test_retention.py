@@ -32,3 +32,18 @@ def test_run_sweeps_until_stopped() -> None:
     thread.join(timeout=5)
     assert not thread.is_alive()
     assert store.stats().samples == 0
+
+
+def test_sweep_also_compacts_closed_blocks() -> None:
+    hour = DAY // 24
+    labels = {"__name__": "fleet_gpu_up", "gpu": "0"}
+    batch = SampleBatch.from_rows([(labels, t * hour // 4, 1.0) for t in range(4 * 8)])
+    swept, untouched = DuckDBStore(":memory:"), DuckDBStore(":memory:")
+    swept.append(batch)
+    untouched.append(batch)
+    retention = Retention(swept, 30 * DAY, clock=lambda: 8 * hour / 1000)
+    assert retention.sweep() == 0
+    # Newest sample at 7:45: blocks [0, 2h), [2h, 4h), [4h, 6h) end an hour or more before it.
+    assert untouched.compact() == 24
+    assert swept.compact() == 0  # the sweep did it
+    assert swept.stats().samples == 32

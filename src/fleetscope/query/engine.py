@@ -56,6 +56,7 @@ from fleetscope.query.functions import (
     sort_by_value,
 )
 from fleetscope.query.goregex import translate
+from fleetscope.query.pushdown import PUSHED_DOWN, over_time, plan
 from fleetscope.query.rangefuncs import (
     RANGE_KERNELS,
     holt_winters,
@@ -680,6 +681,10 @@ class _Evaluation:
     def _range_function(self, name: str, call: Any, grid: _Grid) -> Vector:
         args = list(call.args)
         arg = args[1 if name == "quantile_over_time" else 0]
+        if name in PUSHED_DOWN:
+            pushed = self._pushed_down(name, arg, grid, sliding=not step_invariant(call))
+            if pushed is not None:
+                return pushed
         m = self._range_argument(arg, grid, name, sliding=not step_invariant(call))
         if name == "absent_over_time":
             missing = np.asarray(~(m.counts > 0).any(axis=0))
@@ -697,6 +702,40 @@ class _Evaluation:
         labels = m.labels if name == "last_over_time" else [drop_name(lab) for lab in m.labels]
         out = _nonempty(Vector(labels, np.where(present, values, np.nan), present))
         return merge_same_labels(out, whole=True)
+
+    def _pushed_down(self, name: str, arg: Any, grid: _Grid, *, sliding: bool) -> Vector | None:
+        """``name(selector[range])`` from the store's per-bucket aggregates (query/pushdown.py),
+        or ``None`` when the store cannot or the samples must be read."""
+        select_buckets = getattr(self.store, "select_buckets", None)
+        while isinstance(arg, pp.ParenExpr):
+            arg = arg.expr
+        if select_buckets is None or not isinstance(arg, pp.MatrixSelector):
+            return None
+        vs = arg.vector_selector
+        ref, fixed = self._ref_times(vs, grid, sliding=sliding)
+        if sliding and not fixed and self._at_ms(vs) is not None:
+            return None  # windows sliding over the data of the @ time only
+        if self._data_end(vs, int(ref.max())) < int(ref.max()):
+            return None  # inside a subquery with @: the data ends before some windows do
+        layout = plan(ref, self._ms(arg.range))
+        if layout is None:
+            return None
+        _check_size(1, grid.steps)
+        try:
+            found = over_time(self.store, selector_matchers(vs), name, layout)  # type: ignore[arg-type]
+        except StoreError as e:
+            raise QueryError("execution", str(e)) from None
+        if found is None:
+            return None
+        found_labels, values, present = found
+        _check_size(len(found_labels), grid.steps)
+        labels = [make_labels(lab) for lab in found_labels]
+        if name != "last_over_time":
+            labels = [drop_name(lab) for lab in labels]
+        vec = Vector(labels, values, present)
+        if fixed:
+            vec = broadcast_steps(vec, grid.steps)
+        return merge_same_labels(_nonempty(vec), whole=True)
 
 
 _INSTANT_FUNCTIONS = frozenset(

@@ -206,6 +206,43 @@ class Series:
     values: npt.NDArray[np.float64]
 
 
+@dataclass
+class Buckets:
+    """Per series, aggregates of its samples in equal time buckets: what a store that can push
+    range functions down (:class:`SupportsBuckets`) returns instead of the samples.
+
+    Bucket ``b`` (``0 <= b < n``) holds the samples with ``base + (b-1)·width < t <= base +
+    b·width`` (bucket 0: only a sample at exactly ``base``). Staleness markers are left out of
+    every aggregate. Arrays are ``[series, n]``; ``count`` is 0 for an empty bucket and the
+    float aggregates are then NaN. ``last`` is the value of the newest sample of the bucket,
+    ``edge`` the value of a sample at exactly the bucket's right end ``base + b·width`` (NaN when
+    there is none, ``has_edge`` False): a window ``[t - range, t]`` closed at both ends is the
+    buckets right of ``t - range`` plus that edge sample of the bucket ending at ``t - range``.
+    Series are sorted by label set, as :meth:`MetricStore.select` sorts them.
+    """
+
+    labels: list[dict[str, str]]
+    count: npt.NDArray[np.int64]
+    sum: npt.NDArray[np.float64]
+    min: npt.NDArray[np.float64]
+    max: npt.NDArray[np.float64]
+    last: npt.NDArray[np.float64]
+    edge: npt.NDArray[np.float64]
+    has_edge: npt.NDArray[np.bool_]
+
+
+class SupportsBuckets(Protocol):
+    """A :class:`MetricStore` that aggregates samples per time bucket itself (in SQL)."""
+
+    def select_buckets(
+        self, matchers: Sequence[Matcher], base_ms: int, width_ms: int, n: int
+    ) -> Buckets | None:
+        """:class:`Buckets` of the matching series over ``[base_ms, base_ms + (n-1)·width_ms]``,
+        or ``None`` when a series there holds a NaN that is not a staleness marker (the
+        aggregates could not follow Prometheus' NaN rules: the caller reads the samples)."""
+        ...
+
+
 @dataclass(frozen=True)
 class SelectHints:
     """What the caller will do with a select (Prometheus' ``SelectHints``).

@@ -1,4 +1,10 @@
-"""Retention: a background thread that drops samples older than the configured age."""
+"""Retention: a background thread that drops samples older than the configured age.
+
+The same pass also compacts the store when it can (:meth:`DuckDBStore.compact
+<fleetscope.store.duckdb.DuckDBStore.compact>`: closed blocks of the head into sorted runs), so
+one thread does the embedded store's housekeeping, as Prometheus' head compaction and retention
+run together.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +19,8 @@ log = logging.getLogger(__name__)
 
 
 class Retention:
-    """Every ``interval_s`` seconds, delete samples older than ``now - retention_ms``.
+    """Every ``interval_s`` seconds, delete samples older than ``now - retention_ms`` and
+    compact closed blocks (stores without ``compact`` are only swept).
 
     ``run()`` blocks until ``stop()`` (call it on a thread); ``sweep()`` does one pass.
     """
@@ -22,7 +29,7 @@ class Retention:
         self,
         store: MetricStore,
         retention_ms: int,
-        interval_s: float = 3600.0,
+        interval_s: float = 300.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -36,6 +43,11 @@ class Retention:
         dropped = self.store.delete_before(cutoff)
         if dropped:
             log.info("retention dropped %d samples older than %d", dropped, cutoff)
+        compact = getattr(self.store, "compact", None)
+        if callable(compact):
+            moved = compact()
+            if moved:
+                log.info("compacted %d samples into sorted blocks", moved)
         return dropped
 
     def run(self) -> None:
