@@ -111,3 +111,48 @@ def test_bad_backend_settings_name_the_key(tmp_path: Path, toml: str, message: s
     cfg.write_text("[metrics]\n" + toml)
     with pytest.raises(ConfigError, match=message):
         load(cfg, env={})
+
+
+def test_agent_section(tmp_path: Path) -> None:
+    path = tmp_path / "fleetscope.toml"
+    path.write_text(
+        """
+[agent]
+kernel_log = "/var/log/kern.log"
+kubelet_pods = "https://127.0.0.1:10250/pods"
+[agent.mesh]
+gpu-02 = "10.0.0.2:9500"
+gpu-03 = "[fd00::3]:9500"
+[agent.endpoints]
+chat = "http://vllm-chat:8000/health"
+[[agent.exporters]]
+source = "vllm"
+url = "http://127.0.0.1:8000/metrics"
+labels = { endpoint = "chat", team = "nlp" }
+""",
+        encoding="utf-8",
+    )
+    agent = load(path, env={}).agent
+    assert agent.kernel_log == "/var/log/kern.log"
+    assert agent.kubelet_pods == "https://127.0.0.1:10250/pods"
+    assert agent.mesh == {"gpu-02": ("10.0.0.2", 9500), "gpu-03": ("fd00::3", 9500)}
+    assert agent.endpoints == {"chat": "http://vllm-chat:8000/health"}
+    (exporter,) = agent.exporters
+    assert (exporter.source, exporter.labels) == ("vllm", {"endpoint": "chat", "team": "nlp"})
+    assert load(None, env={}).agent.kernel_log == "kmsg"  # the default: /dev/kmsg
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('[agent.mesh]\ngpu-02 = "10.0.0.2"', "agent.mesh.gpu-02 must be HOST:PORT"),
+        ('[agent.endpoints]\nchat = "vllm:8000"', "agent.endpoints.chat must be an http"),
+        ('[[agent.exporters]]\nsource = "nvml"\nurl = "http://x/metrics"', "source must be one"),
+        ('[[agent.exporters]]\nsource = "dcgm"', "agent.exporters[0] needs a source and a url"),
+    ],
+)
+def test_bad_agent_settings_name_the_key(tmp_path: Path, toml: str, message: str) -> None:
+    path = tmp_path / "fleetscope.toml"
+    path.write_text(toml, encoding="utf-8")
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load(path, env={})

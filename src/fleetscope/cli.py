@@ -235,19 +235,45 @@ def agent(
     root: Annotated[
         Path, typer.Option(help="Root of /proc and /run (a fixture tree in tests).")
     ] = Path("/"),
+    wal_dir: Annotated[
+        str | None,
+        typer.Option(
+            help="Write-ahead log directory for --push: every batch is stored there (fsynced) "
+            "before it is sent, so outages and restarts lose nothing. Default: "
+            "/var/lib/fleetscope/wal/NODE when writable (a system service), else "
+            "$XDG_STATE_HOME/fleetscope/wal/NODE (~/.local/state/...); 'none' queues in "
+            "memory only.",
+        ),
+    ] = None,
+    wal_max_bytes: Annotated[
+        str,
+        typer.Option(
+            help="Size bound of the write-ahead log (e.g. 256MiB, 1GiB); when full, the oldest "
+            "unsent batches are dropped and counted in fleet_agent_dropped_samples_total."
+        ),
+    ] = "256MiB",
+    config: ConfigOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
-    """Collect NVML GPU metrics and job attribution on this node; serve and/or push them."""
+    """Collect this node's GPUs (NVML), GPU processes → jobs → teams, XIDs, host, disks, NFS,
+    NICs, InfiniBand, mesh and endpoint probes and local exporters ([agent] in the config);
+    serve and/or push them."""
     import socket
 
+    from fleetscope import wal
     from fleetscope.agent import Agent, default_collectors
 
     _logging(verbose)
+    settings = _settings(config, None, None, None)
     interval_s = _duration(interval, "--interval") / 1000
     if push is None and listen is None:
         raise typer.BadParameter(
             "give --push URL, --listen HOST:PORT, or both", param_hint="--push"
         )
+    try:
+        max_bytes = wal.parse_size(wal_max_bytes)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--wal-max-bytes") from exc
     address = None
     if listen is not None:
         host_part, _, port_part = listen.rpartition(":")
@@ -255,18 +281,30 @@ def agent(
             raise typer.BadParameter(f"expected HOST:PORT, got {listen!r}", param_hint="--listen")
         address = (host_part or "0.0.0.0", int(port_part))
     name = node or socket.gethostname()
+    directory: Path | None = None
+    if push is not None and wal_dir != "none":
+        directory = Path(wal_dir) if wal_dir else wal.default_directory(name)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    the_agent = Agent(
-        name,
-        default_collectors(name, root=root),
-        push_url=push,
-        interval_s=interval_s,
-        listen=address,
-        client=httpx.Client(headers=headers, timeout=10.0),
-    )
+    try:
+        the_agent = Agent(
+            name,
+            default_collectors(
+                name, root=root, team_map=settings.team_accounts, config=settings.agent
+            ),
+            push_url=push,
+            interval_s=interval_s,
+            listen=address,
+            wal_dir=directory,
+            wal_max_bytes=max_bytes,
+            client=httpx.Client(headers=headers, timeout=10.0),
+        )
+    except OSError as exc:  # the WAL directory: held by another agent, not writable …
+        console.print(f"[red]cannot open the write-ahead log:[/red] {exc}")
+        raise typer.Exit(2) from exc
     console.print(
         f"agent on node [bold]{name}[/bold], every {interval}"
         + (f", pushing to {push}" if push else "")
+        + (f" (write-ahead log {directory})" if directory else "")
         + (f", /metrics on {listen}" if listen else "")
     )
     try:
@@ -501,6 +539,39 @@ def ledger(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--by") from exc
     typer.echo(json.dumps({k: round(v, 3) for k, v in sorted(hours.items())}, indent=2))
+
+
+@app.command()
+def top(
+    url: Annotated[
+        str, typer.Option(help="Fleetscope server (or any Prometheus-compatible API) base URL.")
+    ] = "http://127.0.0.1:8000",
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FLEETSCOPE_TOKEN",
+            help="Bearer token (env FLEETSCOPE_TOKEN; default: DATA/admin.token if readable).",
+        ),
+    ] = None,
+    data: Annotated[
+        Path, typer.Option(help="Data directory whose admin.token to use when no --token.")
+    ] = Path("fleetscope-data"),
+    team: Annotated[str | None, typer.Option(help="Show only this team's GPUs.")] = None,
+    interval: Annotated[str, typer.Option(help="Refresh interval.")] = "2s",
+    once: Annotated[bool, typer.Option("--once", help="Print one frame and exit.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one frame as JSON, exit.")] = False,
+) -> None:
+    """Live fleet-wide GPU view in the terminal (nvitop-like, across nodes): utilization and
+    memory bars, temperature, power, job, user and team of every GPU, grouped by node."""
+    from fleetscope.top import run
+
+    if token is None:
+        token_file = data / "admin.token"
+        if token_file.is_file():
+            token = token_file.read_text(encoding="utf-8").strip()
+    refresh_s = _duration(interval, "--interval") / 1000
+    code = run(url, token, team=team, refresh_s=refresh_s, once=once, as_json=as_json)
+    raise typer.Exit(code)
 
 
 def main() -> None:

@@ -25,6 +25,19 @@ Example ``fleetscope.toml``::
 
     [teams.accounts]           # Slurm account / K8s namespace → team
     llm = "llm-research"
+
+    [agent]                    # `fleetscope agent` on each node
+    kernel_log = "kmsg"        # XIDs from /dev/kmsg, or a log file path; "" turns it off
+    kubelet_pods = "https://127.0.0.1:10250/pods"   # K8s nodes: pod UID → namespace/job
+    kubelet_token_file = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    [agent.mesh]               # peers probed by TCP connect (their agents' --listen port);
+    gpu-02 = "10.0.0.2:9500"   # their addresses also name east-west traffic by node
+    [agent.endpoints]          # inference endpoints whose HTTP latency the agent probes
+    chat = "http://vllm-chat:8000/health"
+    [[agent.exporters]]        # exporters on the node, normalised into the catalog
+    source = "dcgm"            # dcgm | node | vllm | tgi | triton | sglang
+    url = "http://127.0.0.1:9400/metrics"
+    labels = { }               # e.g. endpoint/team/tier of an inference server
 """
 
 from __future__ import annotations
@@ -74,6 +87,35 @@ class ScrapeConfig:
     interval_s: float = 15.0
 
 
+@dataclass(frozen=True)
+class ExporterConfig:
+    """An exporter on the agent's node, scraped and normalised by ``collect/exporters.py``."""
+
+    source: str  # dcgm | node | vllm | tgi | triton | sglang
+    url: str
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+EXPORTER_SOURCES = ("dcgm", "node", "vllm", "tgi", "triton", "sglang")
+
+
+@dataclass
+class AgentConfig:
+    """The ``[agent]`` section: what ``fleetscope agent`` collects besides NVML and /proc.
+
+    ``kernel_log``: ``"kmsg"`` (``/dev/kmsg``), a log file path, or ``None`` (no XIDs from the
+    kernel log; NVML's XID events are still read). ``mesh``: peer node → ``(host, port)`` to
+    probe; the peers' hosts also name east-west traffic (IP → node).
+    """
+
+    kernel_log: str | None = "kmsg"
+    kubelet_pods: str | None = None
+    kubelet_token_file: str | None = None
+    mesh: dict[str, tuple[str, int]] = field(default_factory=dict)
+    endpoints: dict[str, str] = field(default_factory=dict)
+    exporters: list[ExporterConfig] = field(default_factory=list)
+
+
 BackendKind = Literal["embedded", "prometheus"]
 BACKENDS: tuple[BackendKind, ...] = ("embedded", "prometheus")
 
@@ -114,6 +156,7 @@ class Settings:
     scrape: list[ScrapeConfig] = field(default_factory=list)
     team_accounts: dict[str, str] = field(default_factory=dict)  # account/namespace → team
     backend: MetricsBackend = field(default_factory=MetricsBackend)
+    agent: AgentConfig = field(default_factory=AgentConfig)
 
     @property
     def db_path(self) -> Path:
@@ -225,8 +268,40 @@ def _apply_toml(settings: Settings, doc: Mapping[str, Any]) -> None:
         settings.scrape.append(
             ScrapeConfig(url, str(target.get("job", "scrape")), str(instance), interval)
         )
+    if "agent" in doc:
+        settings.agent = _agent(doc["agent"])
     accounts = doc.get("teams", {}).get("accounts", {})
     for account, team in accounts.items():
         if not isinstance(team, str):
             raise ConfigError(f"teams.accounts.{account} must be a team name")
         settings.team_accounts[str(account)] = team
+
+
+def _agent(section: Mapping[str, Any]) -> AgentConfig:
+    """The ``[agent]`` section, checked."""
+    config = AgentConfig()
+    if "kernel_log" in section:
+        config.kernel_log = _get(section, "kernel_log", str, "agent") or None
+    for key in ("kubelet_pods", "kubelet_token_file"):
+        if key in section:
+            setattr(config, key, _get(section, key, str, "agent") or None)
+    for peer, address in section.get("mesh", {}).items():
+        host, _, port = str(address).rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"agent.mesh.{peer} must be HOST:PORT, got {address!r}")
+        config.mesh[str(peer)] = (host.strip("[]"), int(port))
+    for name, url in section.get("endpoints", {}).items():
+        config.endpoints[str(name)] = _http_url(str(url), f"agent.endpoints.{name}")
+    for i, exporter in enumerate(section.get("exporters", [])):
+        where = f"agent.exporters[{i}]"
+        if "source" not in exporter or "url" not in exporter:
+            raise ConfigError(f"{where} needs a source and a url")
+        source = _get(exporter, "source", str, where)
+        if source not in EXPORTER_SOURCES:
+            raise ConfigError(f"{where}.source must be one of {', '.join(EXPORTER_SOURCES)}")
+        labels = exporter.get("labels", {})
+        if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+            raise ConfigError(f"{where}.labels must be a table of strings")
+        url = _http_url(_get(exporter, "url", str, where), f"{where}.url")
+        config.exporters.append(ExporterConfig(source, url, dict(labels)))
+    return config

@@ -10,7 +10,7 @@ import pytest
 
 from fleetscope import catalog
 from fleetscope.collect import Sample
-from fleetscope.collect.gpu import GPUCollector, GPUIdentity
+from fleetscope.collect.gpu import GPUCollector, GPUIdentity, GPUProcess, normalize_pci_bus_id
 from fleetscope.simulate.nvml import FakeDevice, FakeNVML
 
 UUID = "GPU-0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"
@@ -216,7 +216,7 @@ def test_close_shuts_nvml_down() -> None:
 
 def test_identities() -> None:
     nvml = FakeNVML([h100(), FakeDevice(1, "GPU-b", "NVIDIA L40S", lost=True)])
-    assert GPUCollector("n1", nvml).identities() == {0: GPUIdentity(0, UUID, H100)}
+    assert GPUCollector("n1", nvml).identities() == {0: GPUIdentity(0, UUID, H100, "0000:18:00")}
 
 
 def test_pcie_throughput_is_integrated_into_byte_counters() -> None:
@@ -255,3 +255,63 @@ def test_real_pynvml_never_raises() -> None:
     else:
         ups = {s.labels["gpu"] for s in samples if s.name == "fleet_gpu_up"}
         assert ups >= {str(i) for i in identities}
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        pytest.param(b"00000000:10:1C.0", "0000:10:1c", id="nvml-busId-bytes"),
+        pytest.param("00000000:10:1C.0", "0000:10:1c", id="nvml-busId-str"),
+        pytest.param("0000:3B:00.0", "0000:3b:00", id="busIdLegacy"),
+        pytest.param("PCI:0000:10:1c", "0000:10:1c", id="kernel-xid"),
+        pytest.param("0001:a1:00.1", "0001:a1:00", id="sysfs-domain-1"),
+        pytest.param("GPU-0b1c", None, id="not-pci"),
+        pytest.param(None, None, id="none"),
+    ],
+)
+def test_pci_bus_ids_are_normalised_as_the_kernel_prints_them(
+    raw: str | bytes | None, expected: str | None
+) -> None:
+    assert normalize_pci_bus_id(raw) == expected
+
+
+def test_identity_carries_the_pci_bus_id_and_retries_a_failed_read() -> None:
+    dev = h100(pci_bus_id="00000000:10:1C.0", unsupported={"nvmlDeviceGetPciInfo"})
+    nvml = FakeNVML([dev])
+    gpu = GPUCollector("n1", nvml)
+    assert gpu.identities()[0].pci_bus_id is None  # unsupported: final, asked once
+    gpu.collect()
+    assert nvml.calls["nvmlDeviceGetPciInfo"] == 1
+    flaky = FakeNVML([h100(pci_bus_id="00000000:10:1C.0")])
+    gpu = GPUCollector("n1", flaky)
+    working = flaky.nvmlDeviceGetPciInfo
+
+    def fails(handle: Any) -> Any:
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_UNKNOWN)
+
+    flaky.nvmlDeviceGetPciInfo = fails  # type: ignore[method-assign]
+    first = gpu.identities()[0]
+    assert (first.uuid, first.pci_bus_id) == (UUID, None)
+    flaky.nvmlDeviceGetPciInfo = working  # type: ignore[method-assign]
+    assert gpu.identities()[0].pci_bus_id == "0000:10:1c"
+    assert one(gpu.collect(), "fleet_gpu_up") == 1.0
+
+
+def test_last_cycle_processes_with_owners_are_kept_per_gpu() -> None:
+    devices = [h100(processes=[(4242, 2**30), (5555, 512)]), FakeDevice(1, "GPU-b", H100)]
+    nvml = FakeNVML(devices)
+    owners: dict[int, tuple[str, ...]] = {4242: ("1234", "alice", "nlp"), 5555: ("77", "bo")}
+    gpu = GPUCollector("n1", nvml, owner_of=lambda pid: owners[pid])
+    assert gpu.processes() == {}
+    gpu.collect()
+    assert gpu.processes() == {
+        0: [
+            GPUProcess(4242, 2**30, "1234", "alice", "nlp"),
+            GPUProcess(5555, 512, "77", "bo", None),
+        ],
+        1: [],
+    }
+    devices[0].processes = [(9, 1)]
+    devices[1].lost = True
+    gpu.collect()
+    assert gpu.processes() == {0: [GPUProcess(9, 1, "unknown", "unknown", None)]}

@@ -291,3 +291,50 @@ def test_bad_jobs_are_refused_and_nothing_stored(
     for m in messages:
         assert m in resp.text
     assert record_store.stored == {}
+
+
+EVENT = {
+    "time": "2024-01-01T00:02:00Z",
+    "kind": "xid",
+    "subject": "GPU-0",
+    "attrs": {"node": "n1", "gpu": "0", "xid": 79, "action": "reset_gpu"},
+}
+
+
+def test_events_intake(client: TestClient, record_store: Any) -> None:
+    resp = client.post("/api/v1/records/events", json=[EVENT, {**EVENT, "subject": "GPU-1"}])
+    assert resp.status_code == 200
+    assert resp.json() == {"accepted": 2}
+    assert [e.subject for e in record_store.stored_events] == ["GPU-0", "GPU-1"]
+    assert record_store.stored_events[0].attrs == EVENT["attrs"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "messages"),
+    [
+        pytest.param(b"[{oops", 400, ["not JSON"], id="not-json"),
+        pytest.param(EVENT, 422, ["expected a JSON list of events"], id="not-a-list"),
+        pytest.param(
+            [EVENT, {**EVENT, "kind": ""}, {**EVENT, "time": "later"}, None],
+            422,
+            ["record 1: field kind", "record 2: field time", "record 3: expected an object"],
+            id="bad-fields",
+        ),
+    ],
+)
+def test_bad_events_are_refused_and_nothing_stored(
+    client: TestClient,
+    record_store: Any,
+    payload: Any,
+    status: int,
+    messages: list[str],
+) -> None:
+    if isinstance(payload, bytes):
+        resp = client.post("/api/v1/records/events", content=payload)
+    else:
+        resp = client.post("/api/v1/records/events", json=payload)
+    assert resp.status_code == status, resp.text
+    for m in messages:
+        assert m in resp.text
+    assert "record 0" not in resp.text
+    assert record_store.stored_events == []

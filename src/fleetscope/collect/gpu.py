@@ -48,29 +48,48 @@ Conventions:
   estimate; it starts at 0 when the collector starts (a counter reset, which ``rate()`` handles),
   and a failed read restarts the integration rather than guessing across the gap.
 - Process ``pid`` is as NVML reports it (the host PID namespace). ``job``/``user`` come from
-  ``owner_of(pid)``, normally :func:`fleetscope.collect.attribution.job_of_pid`; without one both
-  are ``"unknown"``.
+  ``owner_of(pid)``, normally :func:`fleetscope.collect.attribution.owner_of_pid` (or the older
+  :func:`~fleetscope.collect.attribution.job_of_pid`); without one both are ``"unknown"``. A
+  process is never dropped for an unknown owner. :meth:`GPUCollector.processes` keeps the last
+  cycle's processes per GPU (pid, used bytes, owner) so the allocation collector can attribute
+  GPUs that no prolog file covers (Kubernetes nodes).
+- Identity includes the GPU's PCI address (``nvmlDeviceGetPciInfo().busId``, e.g.
+  ``00000000:10:1C.0``), kept normalised as the kernel prints it in Xid lines: lowercase
+  ``domain:bus:device`` with the function dropped (``0000:10:1c``, see
+  :func:`normalize_pci_bus_id`), so the XID collector can map a kernel log line to its GPU.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pynvml
 
 from fleetscope.collect import Sample
 
-__all__ = ["USED_FUNCTIONS", "GPUCollector", "GPUIdentity", "GPULost", "NVMLCaller", "OwnerOf"]
+__all__ = [
+    "USED_FUNCTIONS",
+    "GPUCollector",
+    "GPUIdentity",
+    "GPULost",
+    "GPUProcess",
+    "NVMLCaller",
+    "OwnerOf",
+    "normalize_pci_bus_id",
+]
 
 log = logging.getLogger(__name__)
 
-OwnerOf = Callable[[int], tuple[str, str]]
-"""``pid → (job, user)``; must not raise (unknown is ``("unknown", "unknown")``)."""
+OwnerOf = Callable[[int], tuple[str, ...]]
+"""``pid → (job, user)`` or ``(job, user, team)``; unknown parts are ``"unknown"``.
+
+A lookup that raises costs only the owner (the process is then ``unknown``), never a sample."""
 
 USED_FUNCTIONS: tuple[str, ...] = (
     "nvmlInit",
@@ -80,6 +99,7 @@ USED_FUNCTIONS: tuple[str, ...] = (
     "nvmlDeviceGetHandleByIndex",
     "nvmlDeviceGetUUID",
     "nvmlDeviceGetName",
+    "nvmlDeviceGetPciInfo",
     "nvmlDeviceGetUtilizationRates",
     "nvmlDeviceGetMemoryInfo",
     "nvmlDeviceGetTemperature",
@@ -99,13 +119,42 @@ KIB = 1024
 _NO_DEVICE = -1  # the "device" of library-wide calls in the wrapper's bookkeeping
 
 
+_PCI_BUS_ID = re.compile(
+    r"(?:PCI:)?(?P<domain>[0-9a-fA-F]{1,8}):(?P<bus>[0-9a-fA-F]{1,2}):(?P<device>[0-9a-fA-F]{1,2})"
+    r"(?:\.[0-7])?"
+)
+
+
+def normalize_pci_bus_id(raw: str | bytes | None) -> str | None:
+    """A PCI address as the kernel's NVRM lines print it: ``0000:10:1c`` (lowercase
+    ``domain:bus:device``, domain at least 4 hex digits, the function dropped).
+
+    Accepts NVML's ``busId`` (``00000000:10:1C.0``, bytes or str), its ``busIdLegacy``
+    (``0000:10:1C.0``), sysfs names (``0000:10:1c.0``) and kernel ones (``PCI:0000:10:1c``);
+    ``None`` for anything else.
+    """
+    if raw is None:
+        return None
+    text = raw.decode("ascii", errors="replace") if isinstance(raw, bytes) else raw
+    found = _PCI_BUS_ID.fullmatch(text.strip().rstrip("\0"))
+    if found is None:
+        return None
+    domain, bus, device = (int(found.group(k), 16) for k in ("domain", "bus", "device"))
+    return f"{domain:04x}:{bus:02x}:{device:02x}"
+
+
 @dataclass(frozen=True)
 class GPUIdentity:
-    """Who a GPU is: its NVML index, UUID and NVML name (the ``gpu_model`` label)."""
+    """Who a GPU is: its NVML index, UUID and NVML name (the ``gpu_model`` label).
+
+    ``pci_bus_id`` is the normalised PCI address (:func:`normalize_pci_bus_id`), ``None`` when
+    NVML did not tell it.
+    """
 
     index: int
     uuid: str
     model: str
+    pci_bus_id: str | None = None
 
     def labels(self, node: str) -> dict[str, str]:
         """The label set that every GPU series of this GPU carries."""
@@ -115,6 +164,22 @@ class GPUIdentity:
             "gpu_uuid": self.uuid,
             "gpu_model": self.model,
         }
+
+
+@dataclass(frozen=True)
+class GPUProcess:
+    """One compute process on a GPU in the last cycle, with its owner.
+
+    ``used_memory_bytes`` is NVML's ``usedGpuMemory`` (``None`` where NVML cannot tell, e.g.
+    Windows WDDM); ``job``/``user`` are ``"unknown"`` when the owner lookup does not know them;
+    ``team`` is ``None`` when the lookup does not say (a 2-tuple ``owner_of``).
+    """
+
+    pid: int
+    used_memory_bytes: int | None
+    job: str
+    user: str
+    team: str | None = None
 
 
 class GPULost(Exception):
@@ -202,7 +267,7 @@ class _Integrator:
         return self.total_bytes
 
 
-def _unknown_owner(pid: int) -> tuple[str, str]:
+def _unknown_owner(pid: int) -> tuple[str, ...]:
     return ("unknown", "unknown")
 
 
@@ -231,6 +296,7 @@ class GPUCollector:
         self._handles: dict[int, Any] = {}
         self._identities: dict[int, GPUIdentity] = {}
         self._pcie: dict[tuple[int, str], _Integrator] = {}
+        self._processes: dict[int, list[GPUProcess]] = {}
         self._init_logged: set[str] = set()
 
     @property
@@ -304,17 +370,34 @@ class GPUCollector:
 
     def _identity(self, index: int) -> GPUIdentity | None:
         ident = self._identities.get(index)
-        if ident is not None:
+        if ident is not None and (
+            ident.pci_bus_id is not None
+            or (index, "nvmlDeviceGetPciInfo") in self.caller.unsupported
+        ):
             return ident
         handle = self._handle(index)
         if handle is None:
-            return None
-        uuid = self.caller.call(index, "nvmlDeviceGetUUID", handle)
-        model = self.caller.call(index, "nvmlDeviceGetName", handle)
-        if uuid is None or model is None:
-            return None
-        ident = self._identities[index] = GPUIdentity(index, str(uuid), str(model))
+            return ident
+        if ident is None:
+            uuid = self.caller.call(index, "nvmlDeviceGetUUID", handle)
+            model = self.caller.call(index, "nvmlDeviceGetName", handle)
+            if uuid is None or model is None:
+                return None
+            ident = GPUIdentity(index, str(uuid), str(model))
+        # a PCI address that failed this time is asked again next time; unsupported is final
+        pci = self.caller.call(index, "nvmlDeviceGetPciInfo", handle)
+        bus_id = None if pci is None else normalize_pci_bus_id(getattr(pci, "busId", None))
+        if bus_id is not None:
+            ident = replace(ident, pci_bus_id=bus_id)
+        self._identities[index] = ident
         return ident
+
+    def processes(self) -> dict[int, list[GPUProcess]]:
+        """NVML index → the compute processes seen on that GPU in the last ``collect``.
+
+        Only GPUs that answered in that cycle are keys (a GPU with no process maps to ``[]``).
+        """
+        return {index: list(procs) for index, procs in self._processes.items()}
 
     # -- collection ------------------------------------------------------------------------
 
@@ -322,6 +405,7 @@ class GPUCollector:
         if not self._ensure_init():
             return []
         out: list[Sample] = []
+        self._processes = {}
         for index in range(self._count):
             out.extend(self._collect_gpu(index))
         return out
@@ -379,13 +463,18 @@ class GPUCollector:
         ):
             kbps = call(i, "nvmlDeviceGetPcieThroughput", h, code)
             yield from sample(name, self._pcie.setdefault((i, name), _Integrator()).add(kbps, now))
-        for proc in call(i, "nvmlDeviceGetComputeRunningProcesses", h) or ():
+        procs = call(i, "nvmlDeviceGetComputeRunningProcesses", h)
+        if procs is None:  # unknown this cycle: the GPU gets no entry in processes()
+            return
+        seen = self._processes[i] = []
+        for proc in procs:
+            pid = int(proc.pid)
             used = getattr(proc, "usedGpuMemory", None)  # None on Windows WDDM
-            if used is None:
-                continue
-            job, user = self._owner(int(proc.pid))
+            owner = self._owner(pid)
+            job, user, team = owner[0], owner[1], owner[2] if len(owner) > 2 else None
+            seen.append(GPUProcess(pid, None if used is None else int(used), job, user, team))
             yield from sample(
-                "fleet_gpu_process_memory_bytes", used, pid=str(proc.pid), job=job, user=user
+                "fleet_gpu_process_memory_bytes", used, pid=str(pid), job=job, user=user
             )
 
     def _throttle_reasons(self, i: int, h: Any) -> int | None:
@@ -396,12 +485,15 @@ class GPUCollector:
             value = self.caller.call(i, "nvmlDeviceGetCurrentClocksThrottleReasons", h)
         return None if value is None else int(value)
 
-    def _owner(self, pid: int) -> tuple[str, str]:
+    def _owner(self, pid: int) -> tuple[str, ...]:
         try:
-            return self.owner_of(pid)
+            owner = tuple(self.owner_of(pid))
         except Exception as err:  # an owner lookup must not cost the GPU its samples
             log.debug("owner of pid %d: %s", pid, err)
             return ("unknown", "unknown")
+        if len(owner) < 2:
+            return ("unknown", "unknown")
+        return owner
 
     def _forget_pcie(self, index: int) -> None:
         for (gpu, _name), integ in self._pcie.items():

@@ -11,6 +11,8 @@
   parameter); samples without a timestamp get the time of the request. 204, or 400.
 - ``POST /api/v1/records/jobs``: a JSON list of jobs, all or nothing; 200 ``{"accepted": n}``,
   400 for a body that is not JSON, 422 for bad records.
+- ``POST /api/v1/records/events``: a JSON list of events (XIDs, checkpoints, deployments …),
+  the same way: all or nothing, 200 ``{"accepted": n}``, 400 for non-JSON, 422 for bad records.
 
 Decoding and appending run in the threadpool so the event loop stays free. Remote-write
 requests are decoded and validated one at a time (a lock): that work is Python and NumPy under
@@ -38,7 +40,7 @@ from starlette.concurrency import run_in_threadpool
 
 from fleetscope import remotewrite
 from fleetscope.ingest import exposition
-from fleetscope.ingest.records import IntakeError, accept_jobs
+from fleetscope.ingest.records import IntakeError, accept_events, accept_jobs
 from fleetscope.ingest.validate import IngestError, validate
 from fleetscope.store import MetricStore, RecordStore, SampleBatch, StoreError
 
@@ -181,8 +183,7 @@ def make_router(metrics: MetricStore, records: RecordStore) -> APIRouter:
             _store, metrics, lambda: exposition.parse(text, now_ms, extra, openmetrics=om)
         )
 
-    @router.post("/api/v1/records/jobs")
-    async def intake_jobs(request: Request) -> Response:
+    async def intake(request: Request, accept: Callable[[RecordStore, object], int]) -> Response:
         try:
             body = await _read_body(request)
         except _Refusal as r:
@@ -192,9 +193,17 @@ def make_router(metrics: MetricStore, records: RecordStore) -> APIRouter:
         except (ValueError, UnicodeDecodeError) as e:
             return PlainTextResponse(f"body is not JSON: {e}\n", status_code=400)
         try:
-            accepted = await run_in_threadpool(accept_jobs, records, payload)
+            accepted = await run_in_threadpool(accept, records, payload)
         except IntakeError as e:
             return PlainTextResponse(f"{e}\n", status_code=422)
         return JSONResponse({"accepted": accepted})
+
+    @router.post("/api/v1/records/jobs")
+    async def intake_jobs(request: Request) -> Response:
+        return await intake(request, accept_jobs)
+
+    @router.post("/api/v1/records/events")
+    async def intake_events(request: Request) -> Response:
+        return await intake(request, accept_events)
 
     return router

@@ -24,6 +24,17 @@ Faithfulness, decided once:
   ``NVMLError_NotSupported`` for that device; a bad index raises ``NVMLError_InvalidArgument``.
   Volatile and aggregate ECC counters read the same fake counter.
 
+XID events: :meth:`FakeNVML.inject_xid` raises an Xid on a device the way the driver does:
+every event set with that device registered for ``nvmlEventTypeXidCriticalError``
+(``nvmlEventSetCreate`` + ``nvmlDeviceRegisterEvents``) queues one event, which
+``nvmlEventSetWait_v2`` returns in order (``eventType``, ``eventData`` = the Xid, ``device`` = the
+handle) and, once the queue is empty, raises ``NVMLError_Timeout`` at once instead of waiting
+(the fake never blocks). The event is a :class:`FakeEventData` with the fields of pynvml's
+``c_nvmlEventData_t`` (a ctypes struct cannot hold a fake handle). The fake does not also write
+the Xid to a kernel log; the simulator does that where it keeps one. PCI addresses
+(``nvmlDeviceGetPciInfo``) are pynvml's ``nvmlPciInfo_t`` with NVML's ``busId`` form
+(``00000000:18:00.0``); a device given none gets ``00000000:<0x18 + index>:00.0``.
+
 The simulator drives a :class:`FakeDevice` by mutating its fields in place; :class:`FakeNVML`
 keeps the list it was given (no copy) and looks devices up by position on every call.
 ``FakeNVML.calls`` counts calls per function name (tests use it to prove that a collector stops
@@ -38,7 +49,7 @@ from typing import Any
 
 import pynvml
 
-__all__ = ["FakeDevice", "FakeHandle", "FakeNVML"]
+__all__ = ["FakeDevice", "FakeEventData", "FakeEventSet", "FakeHandle", "FakeNVML"]
 
 GIB = 1024**3
 
@@ -67,6 +78,11 @@ class FakeDevice:
     processes: list[tuple[int, int]] = field(default_factory=list)  # (pid, used bytes)
     unsupported: set[str] = field(default_factory=set)  # NVML function names
     lost: bool = False
+    pci_bus_id: str = ""  # NVML busId, e.g. "00000000:18:00.0"; "" = derived from the index
+
+    def __post_init__(self) -> None:
+        if not self.pci_bus_id:
+            self.pci_bus_id = f"00000000:{(0x18 + self.index) % 256:02X}:00.0"
 
 
 @dataclass(frozen=True)
@@ -74,6 +90,27 @@ class FakeHandle:
     """An opaque device handle (NVML's is a ctypes pointer); holds the device's position."""
 
     index: int
+
+
+@dataclass(frozen=True)
+class FakeEventData:
+    """One NVML event, with the fields of pynvml's ``c_nvmlEventData_t``."""
+
+    device: FakeHandle
+    eventType: int  # nvmlEventType* bit
+    eventData: int  # the Xid for nvmlEventTypeXidCriticalError
+    gpuInstanceId: int
+    computeInstanceId: int
+
+
+@dataclass(eq=False)
+class FakeEventSet:
+    """An NVML event set: registered (device position → event-type mask) and queued events
+    (compared by identity, like the handle NVML returns)."""
+
+    registered: dict[int, int] = field(default_factory=dict)
+    queue: list[FakeEventData] = field(default_factory=list)
+    freed: bool = False
 
 
 def _error(code: int) -> Exception:
@@ -101,6 +138,8 @@ class FakeNVML:
     NVML_AGGREGATE_ECC = pynvml.NVML_AGGREGATE_ECC
     NVML_PCIE_UTIL_TX_BYTES = pynvml.NVML_PCIE_UTIL_TX_BYTES
     NVML_PCIE_UTIL_RX_BYTES = pynvml.NVML_PCIE_UTIL_RX_BYTES
+    NVMLError_Timeout = pynvml.NVMLError_Timeout
+    nvmlEventTypeXidCriticalError = pynvml.nvmlEventTypeXidCriticalError
 
     def __init__(
         self,
@@ -114,6 +153,7 @@ class FakeNVML:
         self.driver_version = driver_version
         self.init_error = init_error
         self.calls: Counter[str] = Counter()
+        self.event_sets: list[FakeEventSet] = []
         self._refcount = 0
 
     def __getattr__(self, name: str) -> Any:
@@ -231,6 +271,64 @@ class FakeNVML:
             )
             for pid, used in d.processes
         ]
+
+    def nvmlDeviceGetPciInfo(self, handle: FakeHandle) -> Any:
+        d = self._device("nvmlDeviceGetPciInfo", handle)
+        domain, bus, rest = d.pci_bus_id.split(":")
+        dev = rest.split(".")[0]
+        return pynvml.nvmlPciInfo_t(
+            busIdLegacy=f"{int(domain, 16):04X}:{bus}:{rest}".encode(),
+            domain=int(domain, 16),
+            bus=int(bus, 16),
+            device=int(dev, 16),
+            pciDeviceId=0x233010DE,  # device 0x2330 (H100 SXM5), vendor 0x10DE (NVIDIA)
+            pciSubSystemId=0x16C110DE,
+            busId=d.pci_bus_id.encode(),
+        )
+
+    # -- events ----------------------------------------------------------------------------
+
+    def nvmlEventSetCreate(self) -> FakeEventSet:
+        self._check("nvmlEventSetCreate")
+        event_set = FakeEventSet()
+        self.event_sets.append(event_set)
+        return event_set
+
+    def nvmlDeviceRegisterEvents(
+        self, handle: FakeHandle, eventTypes: int, eventSet: FakeEventSet
+    ) -> None:
+        self._device("nvmlDeviceRegisterEvents", handle)
+        if eventSet.freed or eventSet not in self.event_sets:
+            raise _error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        eventSet.registered[handle.index] = eventSet.registered.get(handle.index, 0) | eventTypes
+
+    def nvmlEventSetWait_v2(self, eventSet: FakeEventSet, timeoutms: int) -> FakeEventData:
+        self._check("nvmlEventSetWait_v2")
+        if eventSet.freed:
+            raise _error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        if not eventSet.queue:
+            raise _error(pynvml.NVML_ERROR_TIMEOUT)
+        return eventSet.queue.pop(0)
+
+    def nvmlEventSetFree(self, eventSet: FakeEventSet) -> None:
+        self._check("nvmlEventSetFree")
+        eventSet.freed = True
+        eventSet.queue.clear()
+
+    def inject_xid(self, index: int, xid: int) -> int:
+        """Raise Xid ``xid`` on the device at ``index``; returns how many event sets got it."""
+        na = pynvml.NVML_VALUE_NOT_AVAILABLE_uint.value
+        delivered = 0
+        for event_set in self.event_sets:
+            mask = event_set.registered.get(index, 0)
+            if event_set.freed or not mask & pynvml.nvmlEventTypeXidCriticalError:
+                continue
+            event = FakeEventData(
+                FakeHandle(index), pynvml.nvmlEventTypeXidCriticalError, xid, na, na
+            )
+            event_set.queue.append(event)
+            delivered += 1
+        return delivered
 
     # -- internals -------------------------------------------------------------------------
 

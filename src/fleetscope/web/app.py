@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fleetscope.query import Engine
 from fleetscope.store import MetricStore, RecordStore
-from fleetscope.web import api, auth, pages, prometheus
+from fleetscope.web import api, auth, nodes, pages, prometheus
 from fleetscope.web.settings import WebSettings
 from fleetscope.web.view import humanize
 
@@ -113,6 +113,7 @@ def create_app(
     app.include_router(auth.make_router(guard))
     app.include_router(pages.make_router(settings, engine, records, templates))
     app.include_router(api.make_router(settings, engine, records))
+    app.include_router(nodes.make_router(settings, engine, records, templates))
     app.include_router(ingest_router(metrics, records))
     app.include_router(prometheus.make_router(engine, settings.clock))
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
