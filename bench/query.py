@@ -804,6 +804,7 @@ def load_all(args: argparse.Namespace, work: Path, end_ms: int) -> Manifest:
             )
             started = time.perf_counter()
             store.checkpoint()
+            print("  " + runs_summary(store), flush=True)
             store.close()
             load_s[system] = sink_s[0] + time.perf_counter() - started
         else:
@@ -865,8 +866,11 @@ def gauge_bytes(
             written = counts.rows[metric]
             if system == "fleetscope":
                 handle.checkpoint()
+                print(f"  {metric}: {runs_summary(handle)}", flush=True)
+                used = handle.stats().used_bytes
                 handle.close()
                 rows.append((metric, system, written, duckdb_bytes(path)))
+                rows.append((metric, "fs used blocks", written, used or 0))
                 continue
             service, writer = handle
             writer.close()
@@ -881,6 +885,19 @@ def gauge_bytes(
     if not args.keep_gauges:
         shutil.rmtree(base)
     return rows
+
+
+def runs_summary(store: DuckDBStore) -> str:
+    """How the store holds its samples: sorted runs by the span they cover, and the head."""
+    spans: dict[str, list[int]] = {}
+    for _run, samples, mint, maxt in store.runs():
+        length = maxt - mint
+        kind = "week" if length > DAY_MS else "day" if length > 2 * 3_600_000 else "2 h"
+        spans.setdefault(kind, []).append(samples)
+    stats = store.stats()
+    held = sum(sum(v) for v in spans.values())
+    parts = [f"{len(v)} {k} runs ({sum(v):,} samples)" for k, v in sorted(spans.items())]
+    return f"layout: {', '.join(parts) or 'no runs'}; head {stats.samples - held:,} samples"
 
 
 class _Compacting:
@@ -1004,6 +1021,15 @@ def run_all(
             ("all samples (whole dir / written)", "vm", counts.total, vm_size.total_bytes),
         ]  # fmt: skip
         store = TimedStore(db)
+        sizes.insert(
+            1,
+            (
+                "all samples (used blocks)",
+                "fleetscope",
+                counts.total,
+                store.stats().used_bytes or 0,
+            ),
+        )
         remote = {
             "prometheus": PrometheusEngine(prom.url, timeout_s=timeout_s),
             "vm": PrometheusEngine(vm.url, timeout_s=timeout_s),

@@ -17,7 +17,6 @@ from typing import Annotated, Any
 
 import httpx
 import typer
-import uvicorn
 from rich.console import Console
 
 from fleetscope import __version__
@@ -95,6 +94,8 @@ class _Stage:
 
 def _serve(settings: Settings, web_app: object, stages: list[_Stage]) -> None:
     """Run uvicorn on the main thread, ``stages`` on threads; stop them in reverse order."""
+    import uvicorn  # only the server commands need it (the agent's memory stays lower)
+
     config = uvicorn.Config(
         web_app,  # type: ignore[arg-type]
         host=settings.host,

@@ -318,3 +318,40 @@ def test_compacted_samples_keep_resend_and_order_checks_across_a_restart(tmp_pat
     assert s.delete_before(2000) == 8 + 1  # 8 of gpu 0 and one of gpu 1, from the blocks
     assert s.stats().samples == 20 - 8 + 1
     s.close()
+
+
+def test_closed_spans_are_merged_into_one_run_each(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    history = _random_history(rng, series=6, points=150)  # ~30 s of samples
+    plain = DuckDBStore(tmp_path / "plain.duckdb")
+    leveled = DuckDBStore(
+        tmp_path / "l.duckdb", block_ms=1000, head_keep_ms=500, merge_spans_ms=(4000, 16_000)
+    )
+    for s in (plain, leveled):
+        s.append(history)
+    leveled.compact(max_blocks=5)  # 1-second runs only
+    assert len(leveled.runs()) == 5
+    leveled.compact()
+    runs = leveled.runs()
+    t = history.t_ms
+    week = [r for r in runs if r[2] < 16_000]  # the closed 16-second span: one run
+    assert len(week) == 1 and week[0][1] == int((t < 16_000).sum())
+    head_min = int(t[t >= ((int(t.max()) - 500) // 1000) * 1000].min())
+    for start in range(16_000, head_min // 4000 * 4000, 4000):  # closed 4-second spans
+        inside = [r for r in runs if start <= r[2] < start + 4000]
+        assert len(inside) == 1 and inside[0][3] < start + 4000
+    assert leveled.merge_runs() == 0  # idempotent
+    assert rows(leveled) == rows(plain)
+    hints = SelectHints(start_ms=3000, end_ms=29_000, step_ms=1300, lookback_ms=900)
+    everything = [Matcher("__name__", "=~", ".+")]
+    for a, b in zip(
+        plain.select(everything, 2000, 29_000, hints),
+        leveled.select(everything, 2000, 29_000, hints),
+        strict=True,
+    ):
+        assert a.labels == b.labels and a.t_ms.tolist() == b.t_ms.tolist()
+    plain.close()
+    leveled.close()
+    reopened = DuckDBStore(tmp_path / "l.duckdb")  # run numbers continue after a restart
+    assert reopened._next_run == max(r[0] for r in runs) + 1
+    reopened.close()

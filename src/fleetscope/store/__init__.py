@@ -275,11 +275,15 @@ class AppendResult:
 
 @dataclass(frozen=True)
 class StoreStats:
+    """Sizes of a store. ``bytes_on_disk``: its files; ``used_bytes``: the part holding data
+    (a DuckDB file keeps blocks freed by compaction for later writes), ``None`` if unknown."""
+
     series: int
     samples: int
     min_t_ms: int | None
     max_t_ms: int | None
     bytes_on_disk: int
+    used_bytes: int | None = None
 
 
 class Appender(Protocol):

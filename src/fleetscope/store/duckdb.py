@@ -4,13 +4,15 @@ Layout. ``series(id, metric, labels)`` holds one row per label set (``labels`` i
 JSON of the sorted label pairs, ``__name__`` included). Samples live in two tables, as in
 Prometheus' head and blocks: appends go to ``samples(series_id, t, v)`` in arrival order (the
 head), and :meth:`DuckDBStore.compact` moves every closed two-hour block out of it into
-``blocks(metric_key, series_id, t, v)``, one run per block sorted by ``(metric_key, series_id,
-t)``. ``metric_key`` is the smallest series id of the series' metric, so a metric's rows of one
-block are contiguous. Sorted runs compress about 4× better (DuckDB's delta and ALP encodings see
-one series at a time: ~1.1 bytes per GPU gauge sample instead of ~4) and each row group of a run
-covers one block and a narrow range of series, so DuckDB's min/max zone maps skip the row groups
-a select does not need. Every read is a union of the two tables; which table holds a sample never
-changes an answer.
+``blocks(run, metric_key, series_id, t, v)``: one *run* per block, sorted by ``(metric_key,
+series_id, t)``. ``metric_key`` is the smallest series id of the series' metric, so a metric's
+rows of a run are contiguous and DuckDB's min/max zone maps skip the row groups of other metrics
+and other times. Like Prometheus' compactor, closed days and then closed weeks (spans aligned to
+the epoch) of runs are merged into one run each: the longer a series' stretch of rows, the
+better DuckDB's delta bit-packing does on ``t`` (a row group mixing many short stretches pays
+~23 bits per timestamp at every jump back in time). Measured on GPU gauges at 15 s: ~4.1 bytes
+per sample in 2 h runs, ~2.4 in day runs, ~1.4 in week runs (~4.4 as appended). Every read is a
+union of the two tables; which table or run holds a sample never changes an answer.
 
 Series are few (thousands) and samples many (hundreds of millions), so the series index lives in
 memory — label matching runs over it in Python, as a postings lookup would — and only
@@ -73,8 +75,9 @@ CREATE TABLE IF NOT EXISTS series (id INTEGER NOT NULL, metric VARCHAR NOT NULL,
                                    labels VARCHAR NOT NULL);
 CREATE TABLE IF NOT EXISTS samples (series_id INTEGER NOT NULL, t BIGINT NOT NULL,
                                     v DOUBLE NOT NULL);
-CREATE TABLE IF NOT EXISTS blocks (metric_key INTEGER NOT NULL, series_id INTEGER NOT NULL,
-                                   t BIGINT NOT NULL, v DOUBLE NOT NULL);
+CREATE TABLE IF NOT EXISTS blocks (run INTEGER NOT NULL, metric_key INTEGER NOT NULL,
+                                   series_id INTEGER NOT NULL, t BIGINT NOT NULL,
+                                   v DOUBLE NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (
     cluster VARCHAR NOT NULL, id VARCHAR NOT NULL, name VARCHAR, team VARCHAR, "user" VARCHAR,
     workload VARCHAR, tier VARCHAR, state VARCHAR, submit_ms BIGINT, start_ms BIGINT,
@@ -104,6 +107,7 @@ _EVENT_SCHEMA = pa.schema(
 _NO_HEAD = np.iinfo(np.int64).min
 BLOCK_MS = 2 * 3_600_000  # compaction moves samples out of the head in aligned blocks of 2 h
 HEAD_KEEP_MS = 3_600_000  # … once the newest sample is this far past the block's end
+MERGE_SPANS_MS = (86_400_000, 7 * 86_400_000)  # closed days, then weeks, become one run each
 # Every stored sample, from both tables (see the module docstring); {where} filters each side.
 _ALL_SAMPLES = (
     "(SELECT series_id, t, v FROM blocks WHERE {where_blocks} "
@@ -173,11 +177,17 @@ class DuckDBStore:
     DuckDB file (``":memory:"`` for a throw-away store)."""
 
     def __init__(
-        self, path: str | Path, *, block_ms: int = BLOCK_MS, head_keep_ms: int = HEAD_KEEP_MS
+        self,
+        path: str | Path,
+        *,
+        block_ms: int = BLOCK_MS,
+        head_keep_ms: int = HEAD_KEEP_MS,
+        merge_spans_ms: Sequence[int] = MERGE_SPANS_MS,
     ) -> None:
         self.path = str(path)
         self.block_ms = block_ms
         self.head_keep_ms = head_keep_ms
+        self.merge_spans_ms = tuple(merge_spans_ms)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._con = duckdb.connect(self.path)
@@ -206,6 +216,9 @@ class DuckDBStore:
                 raise RuntimeError(f"series table is corrupt near id {sid}")
             self._register(dict(json.loads(text)), text)
         self._head = np.full(len(self._labels), _NO_HEAD, np.int64)
+        self._merged_until: dict[int, int] = {}  # span → end of the spans already merged
+        row = self._con.execute("SELECT max(run) FROM blocks").fetchone()
+        self._next_run = 0 if row is None or row[0] is None else int(row[0]) + 1
         heads = self._con.execute(
             "SELECT series_id, max(t) AS t FROM "
             + _ALL_SAMPLES.format(where_blocks="true", where="true")
@@ -646,25 +659,91 @@ class DuckDBStore:
         block is one transaction under the write lock (appends wait for it, about a second per
         million samples here), oldest first, so a large backlog (a backfill) is moved a block
         at a time while appends go on in between. Samples older than the block (a new series
-        sent with old timestamps) join its run. Safe to call at any time and from any thread;
-        ``max_blocks`` bounds the work of one call.
+        sent with old timestamps) join its run. Then :meth:`merge_runs` (unless ``max_blocks``
+        bounds the work of this call). Safe to call at any time and from any thread.
         """
         moved = 0
         done = 0
         with self._lock:
             row = self._con.execute("SELECT min(t) FROM samples").fetchone()
-        if row is None or row[0] is None:
-            return 0
-        end = (int(row[0]) // self.block_ms + 1) * self.block_ms
-        while max_blocks is None or done < max_blocks:
-            with self._lock:
-                newest = int(self._head.max()) if len(self._head) else _NO_HEAD
-                if end + self.head_keep_ms > newest:
-                    break
-                moved += self._move_block(end)  # everything older: stragglers join this run
-            end += self.block_ms
-            done += 1
+        if row is not None and row[0] is not None:
+            end = (int(row[0]) // self.block_ms + 1) * self.block_ms
+            while max_blocks is None or done < max_blocks:
+                with self._lock:
+                    newest = int(self._head.max()) if len(self._head) else _NO_HEAD
+                    if end + self.head_keep_ms > newest:
+                        break
+                    moved += self._move_block(end)  # everything older: stragglers join it
+                end += self.block_ms
+                done += 1
+        if max_blocks is None:
+            self.merge_runs()
         return moved
+
+    def merge_runs(self) -> int:
+        """Merge the runs of every closed span of :attr:`merge_spans_ms` (days, then weeks)
+        into one sorted run per span; the spans merged.
+
+        A span is closed when the head holds nothing older than its end (compaction moved all
+        of it). Each span is looked at once per process (later calls scan only newer rows), so
+        a straggler compacted into an already merged span stays a run of its own until a
+        restart. Merges run on their own cursor, outside the write lock: appends go on meanwhile
+        (they write only the head); rows a concurrent compaction adds to a span being merged
+        stay in their own run and are merged by a later call.
+        """
+        merged = 0
+        for span in self.merge_spans_ms:
+            cur = self._con.cursor()
+            try:
+                row = cur.execute("SELECT min(t) FROM samples").fetchone()
+                head_min = int(row[0]) if row and row[0] is not None else None
+                newest = int(self._head.max()) if len(self._head) else _NO_HEAD
+                frontier = newest - self.head_keep_ms if head_min is None else head_min
+                frontier = frontier // span * span  # the end of the last closed span
+                since = self._merged_until.get(span, np.iinfo(np.int64).min)
+                spans = cur.execute(
+                    f"SELECT t // {int(span)} AS k FROM blocks WHERE t >= {int(since)} "
+                    f"AND t < {int(frontier)} GROUP BY k HAVING count(DISTINCT run) > 1 "
+                    "ORDER BY k"
+                ).fetchall()
+                for (k,) in spans:
+                    self._merge(cur, int(k) * span, (int(k) + 1) * span)
+                    merged += 1
+                self._merged_until[span] = max(since, frontier)
+            finally:
+                cur.close()
+        return merged
+
+    def _merge(self, cur: duckdb.DuckDBPyConnection, start_ms: int, end_ms: int) -> None:
+        """Rewrite the block rows in ``[start_ms, end_ms)`` as one new sorted run."""
+        with self._lock:
+            run = self._next_run
+            self._next_run += 1
+        cur.execute("BEGIN TRANSACTION")
+        try:
+            cur.execute(
+                f"INSERT INTO blocks SELECT {run}, metric_key, series_id, t, v FROM blocks "
+                "WHERE t >= ? AND t < ? ORDER BY metric_key, series_id, t",
+                [start_ms, end_ms],
+            )
+            cur.execute(
+                f"DELETE FROM blocks WHERE t >= ? AND t < ? AND run <> {run}", [start_ms, end_ms]
+            )
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+
+    def runs(self) -> list[tuple[int, int, int, int]]:
+        """The sorted runs in ``blocks``: ``(run, samples, min t, max t)``, oldest first."""
+        cur = self._con.cursor()
+        try:
+            rows = cur.execute(
+                "SELECT run, count(*), min(t), max(t) FROM blocks GROUP BY run ORDER BY 3, 1"
+            ).fetchall()
+        finally:
+            cur.close()
+        return [(int(r[0]), int(r[1]), int(r[2]), int(r[3])) for r in rows]
 
     def _move_block(self, end_ms: int) -> int:
         """Move every head sample older than ``end_ms`` into one sorted run (holding the lock)."""
@@ -679,10 +758,12 @@ class DuckDBStore:
         try:
             con.register("metric_keys", metric_keys)
             con.execute(
-                "INSERT INTO blocks SELECT k.key, s.series_id, s.t, s.v FROM samples s "
-                "JOIN metric_keys k ON s.series_id = k.id WHERE s.t < ? ORDER BY 1, 2, 3",
+                f"INSERT INTO blocks SELECT {self._next_run}, k.key, s.series_id, s.t, s.v "
+                "FROM samples s JOIN metric_keys k ON s.series_id = k.id WHERE s.t < ? "
+                "ORDER BY 2, 3, 4",
                 [end_ms],
             )
+            self._next_run += 1
             row = con.execute("DELETE FROM samples WHERE t < ?", [end_ms]).fetchone()
             con.execute("COMMIT")
         except BaseException:
@@ -699,15 +780,20 @@ class DuckDBStore:
                 "SELECT count(*), min(t), max(t) FROM "
                 + _ALL_SAMPLES.format(where_blocks="true", where="true")
             ).fetchone()
+            blocks = cur.execute(
+                "SELECT block_size, used_blocks FROM pragma_database_size() "
+                "WHERE database_name = current_database()"
+            ).fetchone()
         finally:
             cur.close()
         assert row is not None
         size = 0
+        wal = 0
         if self.path != ":memory:":
-            for suffix in ("", ".wal"):
-                p = self.path + suffix
-                size += os.path.getsize(p) if os.path.exists(p) else 0
-        return StoreStats(len(self._labels), int(row[0]), row[1], row[2], size)
+            size = os.path.getsize(self.path) if os.path.exists(self.path) else 0
+            wal = os.path.getsize(self.path + ".wal") if os.path.exists(self.path + ".wal") else 0
+        used = int(blocks[0]) * int(blocks[1]) + wal if blocks and self.path != ":memory:" else None
+        return StoreStats(len(self._labels), int(row[0]), row[1], row[2], size + wal, used)
 
     # ----------------------------------------------------------------- records
 
