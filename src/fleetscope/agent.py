@@ -84,6 +84,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import tzinfo
 from pathlib import Path
 from typing import Any, Literal
 from wsgiref.simple_server import WSGIServer
@@ -128,6 +129,9 @@ def default_collectors(
     team_map: Mapping[str, str] | None = None,
     config: AgentConfig | None = None,
     statvfs: Callable[[str], Any] | None = None,
+    peers: Mapping[str, str] | None = None,
+    local_addresses: Sequence[str] = (),
+    log_tz: tzinfo | None = None,
 ) -> list[Collector]:
     """The collectors of one node, all reading under ``root`` (``/``, or a fake tree: the
     simulator passes a FakeNVML and its node's root).
@@ -138,6 +142,11 @@ def default_collectors(
     host, disks, NFS mounts, NICs (east-west traffic named by the mesh peers' addresses),
     InfiniBand ports; then the mesh and endpoint probes and the exporters ``config`` names.
     The GPU collector runs first: the others read the identities and processes it found.
+
+    ``statvfs`` replaces :func:`os.statvfs` for filesystem sizes (called inline); ``peers``
+    (address → node, added to the mesh peers' addresses) and ``local_addresses`` (default: read
+    from ``root/proc``) name east-west traffic; ``log_tz`` is the zone of the kernel log's
+    syslog times (default: the local zone).
     """
     config = config or AgentConfig()
     pods = None
@@ -157,8 +166,9 @@ def default_collectors(
         root=root,
         owner_of_gpu=alloc.owner_of_gpu,
         nvml=nvml,
+        local_tz=log_tz,
     )
-    peers = {host: peer for peer, (host, _port) in config.mesh.items()}
+    peers = {**{host: peer for peer, (host, _port) in config.mesh.items()}, **(peers or {})}
     collectors: list[Collector] = [
         gpu,
         alloc,
@@ -168,7 +178,7 @@ def default_collectors(
         if statvfs is None
         else DiskCollector(node, root, statvfs=statvfs, statvfs_timeout_s=None),
         NFSCollector(node, root),
-        NetCollector(node, root, peers=peers),
+        NetCollector(node, root, local_addresses=local_addresses, peers=peers),
         InfinibandCollector(node, root),
     ]
     if config.mesh:

@@ -337,10 +337,16 @@ def _backfill(
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task(label, total=max(1, end_ms - start_ms))
         stats = sim.backfill(
-            store, start_ms, end_ms, sink, progress=lambda done, _: bar.update(task, completed=done)
+            store,
+            start_ms,
+            end_ms,
+            sink,
+            progress=lambda done, _: bar.update(task, completed=done),
+            events_sink=store.add_events,  # type: ignore[attr-defined]
         )
     console.print(
-        f"  wrote {stats.samples:,} samples and {stats.records:,} job updates "
+        f"  wrote {stats.samples:,} samples, {stats.records:,} job updates and "
+        f"{stats.events:,} XID events "
         f"(generate {stats.generate_s:.1f}s, store {stats.store_s:.1f}s)"
     )
 

@@ -53,7 +53,7 @@ def test_files_follow_jobs_as_they_end(tmp_path: Path) -> None:
     held = {p.name for p in (node.root / "run" / "gpustat").iterdir()}
     owners = {read_gpustat(node.root / "run" / "gpustat" / n).job for n in held}  # type: ignore[union-attr]
     assert not owners & {j.id for j in ended}
-    pids = {int(p.name) for p in (node.root / "proc").iterdir()}
+    pids = {int(p.name) for p in (node.root / "proc").iterdir() if p.name.isdigit()}
     assert pids == {pid for d in node.devices for pid, _ in d.processes}
 
 

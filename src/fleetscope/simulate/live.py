@@ -3,9 +3,11 @@
 Every tick (the simulator's sample interval) :class:`LiveFleet` advances the
 :class:`~fleetscope.simulate.sim.Simulation` to that tick, hands the job records that changed to
 a records sink (the record intake, in process or over HTTP), then runs one real
-:class:`~fleetscope.agent.Agent` per simulated node — the real NVML and attribution collectors
-on that node's :class:`~fleetscope.simulate.nvml.FakeNVML` and fake root tree — and one agent
-for the simulated scheduler's series; each agent remote-writes its batch to ``push_url``.
+:class:`~fleetscope.agent.Agent` per simulated node — the real collectors of
+:func:`node_collectors` on that node's :class:`~fleetscope.simulate.nvml.FakeNVML` and fake
+root tree (NVML, attribution, XIDs from the fake kernel log, host, disk, NFS, network with the
+fleet's address map, InfiniBand) — and one agent for the simulated scheduler's series; each
+agent remote-writes its batch to ``push_url``.
 
 Samples are stamped with the tick's time, not the wall clock, so live data lines up with the
 backfill and with the simulator's ledger. When the loop falls behind (a slow machine, a paused
@@ -19,18 +21,24 @@ markers of those that end there, as the backfill would have.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from fleetscope.agent import Agent, default_collectors
-from fleetscope.collect import Sample
+from fleetscope.collect import Collector, Sample
+from fleetscope.config import AgentConfig
 from fleetscope.model import Job
+from fleetscope.simulate.io import Hardware
 from fleetscope.simulate.nvml import FakeNVML
-from fleetscope.simulate.sim import Simulation
+from fleetscope.simulate.sim import SimNode, Simulation
 from fleetscope.store import METRIC_NAME
 
 log = logging.getLogger(__name__)
@@ -38,6 +46,58 @@ log = logging.getLogger(__name__)
 RecordsSink = Callable[[list[Job]], object]
 
 SCHEDULER_NODE = "scheduler"  # the ``node`` label of the scheduler agent's own health series
+
+
+@dataclass(frozen=True)
+class FakeStatVFS:
+    """The ``os.statvfs_result`` fields the disk collector reads (4 KiB fragments)."""
+
+    f_frsize: int
+    f_blocks: int
+    f_bavail: int
+    f_bsize: int = 4096
+
+
+def fake_statvfs(root: Path, hardware: Hardware) -> Callable[[str], FakeStatVFS]:
+    """A ``statvfs`` for a fake root: stable sizes of the node's filesystems (``OSError``
+    ``ENOENT`` for other paths). The disk collector calls it with ``root`` + mount point."""
+    sizes = {m: FakeStatVFS(4096, size // 4096, avail // 4096)
+             for m, (size, avail) in hardware.filesystems.items()}  # fmt: skip
+
+    def statvfs(path: str) -> FakeStatVFS:
+        rel = os.path.relpath(path, root)
+        mount = "/" if rel == "." else "/" + rel
+        if mount not in sizes:
+            raise FileNotFoundError(2, "No such file or directory", path)
+        return sizes[mount]
+
+    return statvfs
+
+
+def node_collectors(
+    node: SimNode,
+    hardware: Hardware,
+    peers: Mapping[str, str],
+    *,
+    team_map: Mapping[str, str] | None = None,
+) -> list[Collector]:
+    """The real collectors of one simulated node (:func:`fleetscope.agent.default_collectors`,
+    as a real agent runs them) over the node's :class:`FakeNVML` and fake root: fake
+    ``statvfs`` sizes, the node's own address and ``peers`` (address → node name) for
+    east-west bytes, and the XIDs the simulator appends to ``var/log/kern.log`` (UTC times)."""
+    if node.root is None:
+        raise ValueError("the node collectors need a fake root tree")
+    return default_collectors(
+        node.name,
+        nvml=FakeNVML(node.devices),
+        root=node.root,
+        team_map=team_map,
+        config=AgentConfig(kernel_log="/var/log/kern.log"),
+        statvfs=fake_statvfs(node.root, hardware),
+        peers=peers,
+        local_addresses=[hardware.address],
+        log_tz=UTC,
+    )
 
 
 class SchedulerCollector:
@@ -87,12 +147,11 @@ class LiveFleet:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._client = httpx.Client(headers=headers, timeout=10.0)
         self.agents: list[Agent] = []
-        for node in sim.nodes:
+        peers = {hw.address: hw.node for hw in sim.hardware}
+        for node, hw in zip(sim.nodes, sim.hardware, strict=True):
             if node.root is None:
                 raise ValueError("live mode needs a simulation with a root_dir (fake /proc, /run)")
-            collectors = default_collectors(
-                node.name, nvml=FakeNVML(node.devices), root=node.root, team_map=team_map
-            )
+            collectors = node_collectors(node, hw, peers, team_map=team_map)
             self.agents.append(Agent(node.name, collectors, push_url, client=self._client))
         self.agents.append(
             Agent(SCHEDULER_NODE, [SchedulerCollector(sim)], push_url, client=self._client)

@@ -5,10 +5,14 @@ Metric names, label sets and unit conversions are exactly those of the live path
 (the GPU series with ``{node, gpu, gpu_uuid, gpu_model}``, ``fleet_gpu_up`` at every tick and
 nothing else for a lost GPU, ``fleet_gpu_process_memory_bytes{…, pid, job, user}``), the
 prolog-file attribution (``fleet_gpu_allocation{…, job, team, user, workload, tier} 1`` while a
-job holds the GPU, DESIGN.md "Attribution rule") and the simulated scheduler's series
-(``fleet_sched_gpus_total`` and the others of the contract). Within a batch, each series' rows
-are in time order. Everything is numpy over ``[row, tick]`` grids; Python loops run only over
-series (GPUs, allocations, label combinations).
+job holds the GPU, DESIGN.md "Attribution rule"), the node series of the host, disk, NFS,
+network and InfiniBand collectors reading the fake root trees of :mod:`.roots` (the same
+conversions: jiffies ÷ USER_HZ, sectors × 512, milliseconds ÷ 1000, 4-byte words × 4; only while
+the node is up; CPU utilization from the change since the tick before, as the host collector
+computes it), ``fleet_gpu_xid_errors_total`` (from each (GPU, Xid)'s first occurrence on) and
+the simulated scheduler's series (``fleet_sched_gpus_total`` and the others of the contract).
+Within a batch, each series' rows are in time order. Everything is numpy over ``[row, tick]``
+grids; Python loops run only over series (GPUs, allocations, label combinations).
 
 Staleness markers, as the live agents write them (:mod:`fleetscope.agent`): a series present
 at one tick and absent at the next (an allocation or process that ended, a lost GPU's gauges, a
@@ -25,7 +29,9 @@ import numpy as np
 import numpy.typing as npt
 
 from fleetscope.agent import LabelKey
+from fleetscope.collect.xid import action_of
 from fleetscope.model import WORKLOADS
+from fleetscope.simulate import io
 from fleetscope.simulate.behaviour import Frame
 from fleetscope.simulate.cluster import OPEN
 from fleetscope.simulate.fleet import Fleet
@@ -33,7 +39,7 @@ from fleetscope.simulate.jobs import SimJob
 from fleetscope.simulate.scheduler import REASONS
 from fleetscope.store import METRIC_NAME, STALE_NAN, SampleBatch
 
-__all__ = ["CUMULATIVE", "Builder", "Present", "gpu_batch", "sched_batch"]
+__all__ = ["CUMULATIVE", "Builder", "Present", "gpu_batch", "node_batch", "sched_batch"]
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -72,6 +78,8 @@ class Builder:
     ) -> None:
         """One series per row label set; ``values[row, k]`` at ``t_ms[k]`` where ``mask``."""
         vals = np.broadcast_to(np.asarray(values, np.float64), (len(rows), len(t_ms)))
+        if mask is not None and mask.all():
+            mask = None  # the same rows, without indexing
         base = len(self.series)
         self.series.extend({METRIC_NAME: name, **r} for r in rows)
         idx = np.broadcast_to(np.arange(base, base + len(rows), dtype=np.int32)[:, None],
@@ -252,6 +260,136 @@ def gpu_batch(
     out.grid("fleet_gpu_pcie_receive_bytes_total", rows, t_ms, cumulative["pcie_rx_bytes"], up)
     out.grid("fleet_gpu_pcie_transmit_bytes_total", rows, t_ms, cumulative["pcie_tx_bytes"], up)
     _holder_runs(fleet, frame, jobs, t_ms, out)
+
+
+_CPU_STATES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+_DISK = (  # metric, field, scale (the disk collector's conversions)
+    ("fleet_disk_reads_completed_total", "disk_reads", 1),
+    ("fleet_disk_read_bytes_total", "disk_sectors_read", 512),
+    ("fleet_disk_read_time_seconds_total", "disk_read_ms", 1000),
+    ("fleet_disk_writes_completed_total", "disk_writes", 1),
+    ("fleet_disk_written_bytes_total", "disk_sectors_written", 512),
+    ("fleet_disk_write_time_seconds_total", "disk_write_ms", 1000),
+    ("fleet_disk_io_time_seconds_total", "disk_io_ms", 1000),
+)
+_NET = (  # metric, field suffix
+    ("fleet_network_receive_bytes_total", "rx_bytes"),
+    ("fleet_network_receive_errs_total", "rx_errs"),
+    ("fleet_network_receive_drop_total", "rx_drop"),
+    ("fleet_network_transmit_bytes_total", "tx_bytes"),
+    ("fleet_network_transmit_errs_total", "tx_errs"),
+    ("fleet_network_transmit_drop_total", "tx_drop"),
+)
+
+
+def node_batch(
+    fleet: Fleet,
+    hw: Sequence[io.Hardware],
+    node_io: io.IOFrame,
+    node_cum: npt.NDArray[np.int64],
+    port_cum: npt.NDArray[np.int64],
+    xid_before: Mapping[tuple[int, int], int],
+    out: Builder,
+) -> None:
+    """The node series of one block: ``node_cum``/``port_cum`` from
+    :meth:`~fleetscope.simulate.io.IOCounters.integrate` (column 0: the tick before),
+    ``xid_before``: the Xid counts before the block."""
+    t_ms = node_io.ticks * fleet.spec.tick_ms
+    up = node_io.up
+    cur, prev = node_cum[:, :, 1:], node_cum[:, :, :-1]
+
+    def c(name: str) -> npt.NDArray[np.int64]:
+        return np.asarray(cur[io.F[name]], np.int64)
+
+    rows = [{"node": h.node} for h in hw]
+    # CPU: HostCollector's cpu_busy_ratio over psutil's seconds (jiffies / USER_HZ)
+    d = [np.maximum(0.0, cur[io.F[f"cpu_{s}"]] / io.USER_HZ - prev[io.F[f"cpu_{s}"]] / io.USER_HZ)
+         for s in _CPU_STATES]  # fmt: skip
+    total = np.zeros(up.shape) + d[0]
+    for x in d[1:]:
+        total = total + x
+    total = total + 0.0 + 0.0  # guest, guest_nice
+    idle = d[3] + d[4]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.minimum(1.0, np.maximum(0.0, (total - idle) / total))
+    out.grid("fleet_node_cpu_utilization_ratio", rows, t_ms, ratio, up & (total > 0))
+    mem_total = np.array([h.mem_total_kb for h in hw], np.float64)[:, None] * 1024
+    used = mem_total - (mem_total - node_io.mem_used_kb * 1024.0)
+    out.grid("fleet_node_memory_used_bytes", rows, t_ms, used, up)
+    out.grid("fleet_node_memory_total_bytes", rows, t_ms, mem_total, up)
+    out.grid("fleet_node_load1", rows, t_ms, node_io.load_centi / 100, up)
+    disk_rows = [{**r, "device": io.DISK} for r in rows]
+    for name, fld, scale in _DISK:
+        values = c(fld) / scale if scale == 1000 else c(fld) * scale
+        out.grid(name, disk_rows, t_ms, values, up)
+    for mount in io.MOUNTS:
+        fs_rows = [{**r, "mount": mount} for r in rows]
+        size = np.array([h.filesystems[mount][0] for h in hw], np.float64)[:, None]
+        avail = np.array([h.filesystems[mount][1] for h in hw], np.float64)[:, None]
+        out.grid("fleet_filesystem_size_bytes", fs_rows, t_ms, size, up)
+        out.grid("fleet_filesystem_avail_bytes", fs_rows, t_ms, avail, up)
+    ib = np.array([bool(h.hcas) for h in hw])
+    for interface, nodes in (("eth0", np.arange(len(hw))), ("ib0", np.flatnonzero(ib))):
+        if not len(nodes):
+            continue
+        if_rows = [{**rows[n], "interface": interface} for n in nodes]
+        for name, suffix in _NET:
+            prefix = "eth" if interface == "eth0" else interface
+            out.grid(name, if_rows, t_ms, c(f"{prefix}_{suffix}")[nodes], up[nodes])
+    speed = np.array([h.eth_mbps * 125_000 for h in hw], np.float64)[:, None]
+    eth_rows = [{**r, "interface": "eth0"} for r in rows]
+    out.grid("fleet_network_speed_bytes", eth_rows, t_ms, speed, up)
+    out.grid("fleet_network_tcp_retransmits_total", rows, t_ms, c("tcp_retrans"), up)
+    nfs = [{**r, "mount": io.NFS_MOUNT, "export": io.NFS_EXPORT} for r in rows]
+    out.grid("fleet_nfs_read_bytes_total", nfs, t_ms, c("nfs_read_bytes"), up)
+    out.grid("fleet_nfs_written_bytes_total", nfs, t_ms, c("nfs_write_bytes"), up)
+    for op, ops, rtt in (("READ", "nfs_read_ops", "nfs_read_rtt_ms"),
+                         ("WRITE", "nfs_write_ops", "nfs_write_rtt_ms")):  # fmt: skip
+        op_rows = [{**r, "op": op} for r in nfs]
+        out.grid("fleet_nfs_rpc_operations_total", op_rows, t_ms, c(ops), up)
+        out.grid("fleet_nfs_rpc_rtt_seconds_total", op_rows, t_ms, c(rtt) / 1000, up)
+    ports = io.port_nodes(hw)
+    if len(ports):
+        pcur = io.saturated(port_cum[:, :, 1:])
+        pup = up[ports]
+        hca_rows = [{"node": h.node, "device": hca, "port": "1"} for h in hw for hca in h.hcas]
+
+        def p(name: str) -> npt.NDArray[np.int64]:
+            return np.asarray(pcur[io.PF[name]], np.int64)
+
+        out.grid("fleet_infiniband_port_transmit_bytes_total", hca_rows, t_ms,
+                 p("port_xmit_data") * 4, pup)  # fmt: skip
+        out.grid("fleet_infiniband_port_receive_bytes_total", hca_rows, t_ms,
+                 p("port_rcv_data") * 4, pup)  # fmt: skip
+        out.grid("fleet_infiniband_link_downed_total", hca_rows, t_ms, p("link_downed"), pup)
+        out.grid("fleet_infiniband_symbol_errors_total", hca_rows, t_ms, p("symbol_error"), pup)
+        out.grid("fleet_infiniband_port_receive_errors_total", hca_rows, t_ms,
+                 p("port_rcv_errors"), pup)  # fmt: skip
+        rate = np.array([hw[int(n)].ib_gbps * 125_000_000.0 for n in ports])[:, None]
+        out.grid("fleet_infiniband_port_rate_bytes", hca_rows, t_ms, rate, pup)
+    _xid_series(fleet, node_io, xid_before, t_ms, out)
+
+
+def _xid_series(
+    fleet: Fleet,
+    node_io: io.IOFrame,
+    before: Mapping[tuple[int, int], int],
+    t_ms: npt.NDArray[np.int64],
+    out: Builder,
+) -> None:
+    """``fleet_gpu_xid_errors_total`` per (GPU, Xid), every tick from its first occurrence."""
+    k0 = int(node_io.ticks[0])
+    steps: dict[tuple[int, int], list[int]] = {key: [] for key in before}
+    for x in node_io.xids:
+        steps.setdefault((x.gpu, x.xid), []).append(x.tick - k0)
+    for (gpu, xid), at in sorted(steps.items()):
+        bumps = np.zeros(len(t_ms), np.int64)
+        np.add.at(bumps, np.asarray(at, np.int64), 1)
+        counts = before.get((gpu, xid), 0) + np.cumsum(bumps)
+        first = 0 if (gpu, xid) in before else min(at)
+        labels = {**fleet.gpus[gpu].labels(), "xid": str(xid),
+                  "action": action_of(xid, io.xid_message(xid))}  # fmt: skip
+        out.run("fleet_gpu_xid_errors_total", labels, t_ms[first:], counts[first:])
 
 
 def allocation_labels(fleet: Fleet, gpu: int, job: SimJob) -> dict[str, str]:

@@ -5,15 +5,19 @@ behaviour (:mod:`.behaviour`) and the fake node state the real collectors read:
 
 - **Live**: :meth:`Simulation.advance` moves to a time, sets every node's
   :class:`~fleetscope.simulate.nvml.FakeDevice` fields and rewrites its fake root tree (prolog
-  files, ``/proc``), so the real :class:`~fleetscope.collect.gpu.GPUCollector` on
-  ``FakeNVML(node.devices)`` and the attribution collector on ``node.root`` read the fleet.
-  It returns the job records that changed, for the record intake.
+  files, ``/proc``, ``/sys``, the kernel log), so the real
+  :class:`~fleetscope.collect.gpu.GPUCollector` on ``FakeNVML(node.devices)`` and the
+  attribution, host, disk, NFS, network and InfiniBand collectors on ``node.root`` read the
+  fleet. It returns the job records that changed, for the record intake.
 - **Backfill**: :meth:`Simulation.backfill` writes a period of history straight into a
   :class:`~fleetscope.store.MetricStore`: the same series, label sets and unit conversions the
   live path produces (:mod:`.series`), built with numpy one block (a day) at a time, staleness
   markers included: a series that stops gets one at the next tick, as the agents write them
   (also across blocks and backfill calls). Live stepping then continues from its end with the
-  same scheduler state and counters.
+  same scheduler state and counters. The node I/O model (:mod:`.io`) feeds both paths, so the
+  host, storage, network and InfiniBand counters continue across the switch; its Xid errors
+  become ``fleet_gpu_xid_errors_total`` series and, through ``events_sink``,
+  :class:`~fleetscope.model.Event` records (``kind="xid"``).
 - **Ground truth**: :meth:`Simulation.ledger` is each team's allocated GPU-hours per the
   simulator's own schedule (DESIGN.md "Definitions": Σ over its allocated GPUs of allocated
   time), clipped to a window. Allocation is sample-and-hold per tick: a job holds its GPUs over
@@ -36,7 +40,8 @@ from typing import Protocol
 
 import numpy as np
 
-from fleetscope.model import Job
+from fleetscope.model import Event, Job
+from fleetscope.simulate import io
 from fleetscope.simulate.behaviour import SMOOTH_TICKS, Counters, Frame, render
 from fleetscope.simulate.calibration import Calibration
 from fleetscope.simulate.calibration import load as load_calibration
@@ -45,13 +50,21 @@ from fleetscope.simulate.fleet import Fleet, FleetSpec, NodeInfo, build
 from fleetscope.simulate.jobs import DAY_S, SimJob
 from fleetscope.simulate.nvml import FakeDevice
 from fleetscope.simulate.roots import RootTree
-from fleetscope.simulate.series import CUMULATIVE, Builder, Present, gpu_batch, sched_batch
+from fleetscope.simulate.series import (
+    CUMULATIVE,
+    Builder,
+    Present,
+    gpu_batch,
+    node_batch,
+    sched_batch,
+)
 from fleetscope.store import SampleBatch
 
 __all__ = ["BackfillStats", "SampleSink", "SimNode", "Simulation"]
 
 LEDGER_KEYS = ("team", "user", "workload", "tier", "id")
 RecordsSink = Callable[[list[Job]], object]
+EventsSink = Callable[[list[Event]], object]
 Progress = Callable[[int, int], object]
 
 
@@ -80,6 +93,7 @@ class BackfillStats:
     records: int
     generate_s: float
     store_s: float
+    events: int = 0
 
 
 class Simulation:
@@ -114,6 +128,9 @@ class Simulation:
             self._trees.append(RootTree(root) if root is not None else None)
         self._devices = [d for n in self.nodes for d in n.devices]
         self._counters = Counters.initial(self.fleet)
+        self.hardware: list[io.Hardware] = io.hardware(self.fleet)
+        self._io = io.IOCounters(self.fleet, self.hardware)
+        self._io_last: io.IOFrame | None = None  # the last rendered block's I/O
         self._cluster: Cluster | None = None
         self._rendered: int | None = None  # the last tick whose readings were rendered
 
@@ -139,10 +156,12 @@ class Simulation:
             self._cluster = Cluster(self.fleet, self.calibration, origin_tick)
         return self._cluster
 
-    def _render(self, k0: int, k1: int) -> Frame:
+    def _render(self, k0: int, k1: int) -> tuple[Frame, io.IOFrame, list[SimJob]]:
+        """The GPU readings and node I/O of ticks ``[k0, k1)``, and the jobs behind them."""
         cluster = self.cluster
         jobs = list(cluster.jobs_active(k0 - SMOOTH_TICKS + 1, k1))
-        return render(self.fleet, k0, k1, jobs, cluster.down)
+        frame = render(self.fleet, k0, k1, jobs, cluster.down)
+        return frame, io.render(self.fleet, self.hardware, frame, jobs, cluster.down), jobs
 
     # -- live --------------------------------------------------------------------------
 
@@ -156,20 +175,26 @@ class Simulation:
         changed = cluster.run_until(k)
         first = k if self._rendered is None else self._rendered + 1
         frame: Frame | None = None
+        xids: list[io.Xid] = []
         for k0 in range(first, k + 1, DAY_S // self.spec.tick_s):
             k1 = min(k0 + DAY_S // self.spec.tick_s, k + 1)
-            frame = self._render(k0, k1)
+            frame, node_io, _ = self._render(k0, k1)
             self._counters.integrate(self.fleet, frame)
+            self._io.integrate(self.fleet, node_io)
+            self._io_last = node_io
+            xids.extend(node_io.xids)
         assert frame is not None
         self._rendered = k
-        self._apply(frame)
+        self._apply(frame, xids)
         return [j.record(self.spec.cluster, self.tick_ms) for j in changed]
 
-    def _apply(self, frame: Frame) -> None:
-        """Set devices and root trees to the last tick of ``frame``."""
+    def _apply(self, frame: Frame, xids: Sequence[io.Xid] = ()) -> None:
+        """Set devices and root trees to the last tick of ``frame``; ``xids``: the Xids since
+        the previous call, for the kernel logs."""
         c = self._counters
         k = int(frame.ticks[-1])
-        jobs = {j.seq: j for j in self.cluster.jobs_active(k, k + 1)}
+        active = list(self.cluster.jobs_active(k, k + 1))
+        jobs = {j.seq: j for j in active}
         for g, dev in enumerate(self._devices):
             dev.lost = not bool(frame.up[g, -1])
             dev.gpu_util_pct = int(frame.util_pct[g, -1])
@@ -198,6 +223,39 @@ class Simulation:
                     for pid, _ in dev.processes:
                         procs[pid] = jobs[seq]
             tree.sync(holders, procs)
+            tree.sync_io(self._node_state(node.info.id, k, xids, active))
+
+    def _node_state(
+        self, n: int, k: int, xids: Sequence[io.Xid], active: Sequence[SimJob]
+    ) -> io.NodeState:
+        """Node ``n``'s kernel view at tick ``k`` (the last rendered one)."""
+        last = self._io_last
+        assert last is not None and self._io.boot_s is not None
+        hw = self.hardware[n]
+        boot_s = int(self._io.boot_s[n])
+        ports = io.saturated(self._io.port)
+        rows = [int(p) for p in range(len(self._io.ports)) if self._io.ports[p] == n]
+        name = self.fleet.nodes[n].name
+        return io.NodeState(
+            hw=hw,
+            up=bool(last.up[n, -1]),
+            t_s=k * self.spec.tick_s,
+            boot_s=boot_s,
+            counters={f: int(self._io.node[i, n]) for i, f in enumerate(io.FIELDS)},
+            ports={
+                hca: {f: int(ports[i, r]) for i, f in enumerate(io.PORT_FIELDS)}
+                for hca, r in zip(hw.hcas, rows, strict=True)
+            },
+            mem_used_kb=int(last.mem_used_kb[n, -1]),
+            load_centi=int(last.load_centi[n, -1]),
+            running=int(last.running[n, -1]),
+            connections=io.connections(self.fleet, active, n, k),
+            log_lines=[
+                io.kern_line(self.fleet, x, boot_s, name)
+                for x in xids
+                if self.fleet.gpus[x.gpu].node_id == n
+            ],
+        )
 
     def scheduler_samples(self, now_ms: int) -> SampleBatch:
         """The scheduler series (``fleet_sched_jobs`` …) of the current state, at ``now_ms``."""
@@ -219,15 +277,16 @@ class Simulation:
         progress: Progress | None = None,
         *,
         chunk_s: int | None = None,
+        events_sink: EventsSink | None = None,
     ) -> BackfillStats:
         """Write every series for the ticks in ``[start_ms, end_ms)`` into ``store``.
 
         Runs the scheduler a block (``chunk_s``) ahead, renders the block, appends one batch per
-        block, then passes the block's changed job records to ``records_sink`` and reports
-        ``progress(done_ms, total_ms)``. Blocks are a day for fleets up to 64 GPUs and
-        proportionally shorter for bigger ones (≈ 6 M samples per batch), unless ``chunk_s``
-        says otherwise. The first backfill of a simulation starts it at ``start_ms``; a later
-        one must start right after the last simulated tick.
+        block, then passes the block's changed job records to ``records_sink``, its Xid events
+        to ``events_sink`` and reports ``progress(done_ms, total_ms)``. Blocks are a day for
+        fleets up to 64 GPUs and proportionally shorter for bigger ones (≈ 6 M samples per
+        batch), unless ``chunk_s`` says otherwise. The first backfill of a simulation starts it
+        at ``start_ms``; a later one must start right after the last simulated tick.
         """
         tick = self.tick_ms
         k_start, k_end = -(-start_ms // tick), -(-end_ms // tick)
@@ -240,18 +299,22 @@ class Simulation:
             chunk_s = max(3600, DAY_S * 64 // max(64, len(self.fleet.gpus)))
         step = max(1, chunk_s // self.spec.tick_s)
         gen_s = store_s = 0.0
-        samples = chunks = records = 0
+        samples = chunks = records = events = 0
         frame: Frame | None = None
         before = self._series_at(k_start - 1) if k_start > cluster.origin else {}
         for k0 in range(k_start, k_end, step):
             k1 = min(k0 + step, k_end)
             t0 = time.perf_counter()
             changed = cluster.run_until(k1 - 1)
-            frame = self._render(k0, k1)
+            frame, node_io, jobs = self._render(k0, k1)
             cumulative = self._counters.integrate(self.fleet, frame)
+            xid_before = dict(self._io.xid_counts)
+            node_cum, port_cum = self._io.integrate(self.fleet, node_io)
+            self._io_last = node_io
             out = Builder()
             holders = {j.seq: j for j in cluster.jobs_active(k0, k1)}
             gpu_batch(self.fleet, frame, cumulative, holders, out)
+            node_batch(self.fleet, self.hardware, node_io, node_cum, port_cum, xid_before, out)
             sched_batch(self.fleet, self._sched_jobs(k0, k1), k0, k1, out)
             batch, before = out.build_with_markers(before, k0 * tick, (k1 - 1) * tick, tick)
             t1 = time.perf_counter()
@@ -260,6 +323,13 @@ class Simulation:
             if records_sink is not None and changed:
                 records_sink([j.record(self.spec.cluster, tick) for j in changed])
                 records += len(changed)
+            if events_sink is not None and node_io.xids:
+                by_seq: dict[int | None, SimJob] = {j.seq: j for j in jobs}
+                events_sink([
+                    io.xid_event(self.fleet, x, by_seq.get(x.job_seq))
+                    for x in node_io.xids
+                ])  # fmt: skip
+                events += len(node_io.xids)
             gen_s += t1 - t0
             store_s += t2 - t1
             samples += len(batch)
@@ -269,15 +339,22 @@ class Simulation:
                 progress((k1 - k_start) * tick, (k_end - k_start) * tick)
         if frame is not None:
             self._apply(frame)
-        return BackfillStats(samples, chunks, records, gen_s, store_s)
+        return BackfillStats(samples, chunks, records, gen_s, store_s, events)
 
     def _series_at(self, k: int) -> Present:
         """The series (label key → labels) the agents produced at tick ``k`` (simulated)."""
-        frame = self._render(k, k + 1)
+        frame, node_io, _ = self._render(k, k + 1)
         zeros = np.zeros(frame.up.shape)
         out = Builder()
         holders = {j.seq: j for j in self.cluster.jobs_active(k, k + 1)}
         gpu_batch(self.fleet, frame, dict.fromkeys(CUMULATIVE, zeros), holders, out)
+        # presence only: a reading that grew since the tick before (none at a reboot)
+        grown = node_io.inc * ~node_io.boot[None]
+        node_cum = np.concatenate([np.zeros_like(grown), grown], axis=2)
+        port_cum = np.zeros((len(io.PORT_FIELDS), len(self._io.ports), 2), np.int64)
+        node_io.xids = []
+        node_batch(self.fleet, self.hardware, node_io, node_cum, port_cum,
+                   dict(self._io.xid_counts), out)  # fmt: skip
         sched_batch(self.fleet, self._sched_jobs(k, k + 1), k, k + 1, out)
         return out.present_at(k * self.tick_ms)
 
