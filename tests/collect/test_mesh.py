@@ -12,7 +12,7 @@ import pytest
 
 from fleetscope import catalog
 from fleetscope.agent import Agent
-from fleetscope.collect import Sample, mesh
+from fleetscope.collect import Sample
 from fleetscope.collect.mesh import EndpointProbe, MeshProbe, connect_times
 
 
@@ -63,22 +63,49 @@ def test_mesh_between_live_agents_and_a_dead_peer(agents: dict[str, tuple[str, i
         }
 
 
-def test_mesh_labels_and_partial_loss(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mesh_labels_and_partial_loss() -> None:
     def one_of_four_fails(
         host: str, port: int, attempts: int, timeout_s: float
     ) -> list[float | None]:
         assert (host, port, attempts) == ("10.0.0.2", 9400, 4)
         return [0.003, None, 0.001, 0.002]
 
-    monkeypatch.setattr(mesh, "connect_times", one_of_four_fails)
-    samples = MeshProbe("n1", {"n2": ("10.0.0.2", 9400)}, attempts=4).collect()
+    probe = MeshProbe("n1", {"n2": ("10.0.0.2", 9400)}, attempts=4, connect=one_of_four_fails)
+    samples = probe.collect()
     assert {(s.name, tuple(sorted(s.labels.items())), s.value) for s in samples} == {
         ("fleet_mesh_rtt_seconds", (("dst", "n2"), ("src", "n1")), 0.002),  # median of 3 ok
         ("fleet_mesh_probe_loss_ratio", (("dst", "n2"), ("src", "n1")), 0.25),
     }
 
 
-def test_mesh_probes_peers_concurrently(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mesh_uses_the_given_connect() -> None:
+    """The injected measurement replaces the socket one: its answers per peer become the
+    median RTT and the loss, and it gets the probe's attempts and timeout."""
+    answers: dict[str, list[float | None]] = {
+        "10.0.0.2": [0.0004, 0.0001, 0.0002],  # median 0.0002
+        "10.0.0.3": [None, 0.0005, 0.0003],  # median of two: their mean
+        "10.0.0.4": [None, None, None],  # no RTT, loss 1
+    }
+    calls: list[tuple[str, int, int, float]] = []
+
+    def model(host: str, port: int, attempts: int, timeout_s: float) -> list[float | None]:
+        calls.append((host, port, attempts, timeout_s))
+        return answers[host]
+
+    peers = {"n1": ("10.0.0.1", 9500), **{f"n{h[-1]}": (h, 9500) for h in answers}}
+    got = series(MeshProbe("n1", peers, timeout_s=0.5, connect=model).collect())
+    assert sorted(calls) == [(h, 9500, 3, 0.5) for h in sorted(answers)]  # not itself
+    assert got == {
+        ("fleet_mesh_rtt_seconds", "n2"): 0.0002,
+        ("fleet_mesh_probe_loss_ratio", "n2"): 0.0,
+        ("fleet_mesh_rtt_seconds", "n3"): (0.0005 + 0.0003) / 2,
+        ("fleet_mesh_probe_loss_ratio", "n3"): 1 / 3,
+        ("fleet_mesh_probe_loss_ratio", "n4"): 1.0,
+    }
+    assert MeshProbe("n1", peers).connect is connect_times  # the socket measurement by default
+
+
+def test_mesh_probes_peers_concurrently() -> None:
     """Every peer's probe must be in flight at once: a barrier only they together can pass."""
     peers = {f"n{i}": (f"10.0.0.{i}", 9400) for i in range(2, 7)}
     barrier = threading.Barrier(len(peers), timeout=10)
@@ -92,8 +119,7 @@ def test_mesh_probes_peers_concurrently(monkeypatch: pytest.MonkeyPatch) -> None
             return [None] * attempts
         return [0.001] * attempts
 
-    monkeypatch.setattr(mesh, "connect_times", waits_for_the_others)
-    got = series(MeshProbe("n1", peers).collect())
+    got = series(MeshProbe("n1", peers, connect=waits_for_the_others).collect())
     assert all(got[("fleet_mesh_probe_loss_ratio", dst)] == 0 for dst in peers)
 
 

@@ -13,6 +13,10 @@ cycle, outside the timing. Series, labelled with the probing node ``src`` and th
 - ``fleet_mesh_probe_loss_ratio{src, dst}``: failed attempts / attempts (refused, timed out
   after ``timeout_s``, unreachable, or the name did not resolve).
 
+The measurement is injectable: ``connect`` (default :func:`connect_times`) is called as
+``connect(host, port, attempts, timeout_s)`` and returns each attempt's seconds or ``None``; the
+simulator passes one that answers from its network model.
+
 Peers are probed concurrently on a small thread pool (attempts to one peer run one after
 another), so a peer that swallows SYNs costs the cycle about ``attempts × timeout_s`` once, not
 once per peer. A peer named like the probing node itself is skipped. Each probe leaves a
@@ -37,16 +41,19 @@ import logging
 import socket
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
 from fleetscope.collect import Sample
 
-__all__ = ["EndpointProbe", "MeshProbe", "connect_times"]
+__all__ = ["Connect", "EndpointProbe", "MeshProbe", "connect_times"]
 
 log = logging.getLogger(__name__)
+
+Connect = Callable[[str, int, int, float], list[float | None]]
+"""``(host, port, attempts, timeout_s)`` → seconds each connect took, ``None`` for a failure."""
 
 
 def connect_times(host: str, port: int, attempts: int, timeout_s: float) -> list[float | None]:
@@ -80,6 +87,8 @@ class MeshProbe:
     """TCP connect RTT and loss from ``node`` to each peer (see the module docstring).
 
     ``peers``: fleet node name → (host, port) of a TCP listener on it (its agent's ``/metrics``).
+    ``connect``: the measurement (:data:`Connect`, default :func:`connect_times`); it is called
+    from the probe's threads, one call per peer and cycle, several at once.
     """
 
     name = "mesh"
@@ -92,6 +101,7 @@ class MeshProbe:
         timeout_s: float = 1.0,
         *,
         max_workers: int = 16,
+        connect: Connect = connect_times,
     ) -> None:
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
@@ -100,6 +110,7 @@ class MeshProbe:
         self.attempts = attempts
         self.timeout_s = timeout_s
         self.max_workers = max_workers
+        self.connect = connect
 
     def collect(self) -> list[Sample]:
         targets = {dst: addr for dst, addr in self.peers.items() if dst != self.node}
@@ -108,7 +119,7 @@ class MeshProbe:
         workers = max(1, min(self.max_workers, len(targets)))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mesh-probe") as pool:
             futures = {
-                dst: pool.submit(connect_times, host, port, self.attempts, self.timeout_s)
+                dst: pool.submit(self.connect, host, port, self.attempts, self.timeout_s)
                 for dst, (host, port) in targets.items()
             }
             results = {dst: future.result() for dst, future in futures.items()}

@@ -66,6 +66,24 @@ Faults (rare, drawn per UTC day):
   ECC), 63 (row remap pending), 48 (double-bit ECC), 79 (fallen off the bus); on an idle GPU
   only 63, 48 and 79. They are observations only: the GPU and its job carry on.
 
+Mesh probe (:func:`mesh_attempts`): every node's agent TCP-connects ``MESH_ATTEMPTS`` times per
+tick to every other node (:func:`mesh_pairs`; with more than ``MESH_PEERS + 1`` nodes, to the
+next ``MESH_PEERS`` in fleet order), as :class:`~fleetscope.collect.mesh.MeshProbe` does. A
+connect takes one SYN → SYN-ACK round trip: a base of 50–200 µs per node pair (same switch;
+fixed per unordered pair, ±5 % per direction) plus each end's queueing, ``100 µs × ρ/(1 − ρ)``
+with ``ρ`` its Ethernet load (bytes/s over ``eth0``'s speed, an M/M/1 wait, ``ρ`` ≤ 0.95), plus
+``200 µs × ρ_ib`` for its InfiniBand load (0–0.25: all-reduce keeps the host's cores and PCIe
+busy, so the kernel answers the SYN later; up to +50 µs per end), ±10 % jitter per attempt and
+a rare (1 %) 0.2–2 ms scheduling hiccup. A lost SYN or SYN-ACK is retransmitted only after
+Linux's initial 1 s RTO (RFC 6298), past the probe's 1 s timeout, so it fails the attempt.
+While a flaky InfiniBand link is active on either end (a bad cable or transceiver on that node:
+its link retraining stalls the host's traffic) an attempt fails with probability 0.3–0.8 (by
+the episode's severity), and during a slow-NFS episode (the Ethernet congestion that drops
+frames fleet-wide) with 0.05–0.2; the attempts that get through then wait ``p × (1–16 ms)``
+more (``p`` the pair's loss probability). A down node's probes and the probes to it all fail.
+Only ``+ − × ÷`` on :func:`noise` values, so the value of one pair and tick does not depend on
+which block or slice computes it.
+
 Units are the kernel's: jiffies at ``USER_HZ`` = 100 for CPU time, 512-byte sectors and
 milliseconds in ``/proc/diskstats``, 4-byte words for the IB data counters, kB in
 ``/proc/meminfo``. Values at the origin are "since boot" with an uptime of 3–40 days.
@@ -92,6 +110,8 @@ __all__ = [
     "DISK",
     "FIELDS",
     "LOOP",
+    "MESH_ATTEMPTS",
+    "MESH_PEERS",
     "MOUNTS",
     "NFS_EXPORT",
     "NFS_MOUNT",
@@ -111,6 +131,8 @@ __all__ = [
     "hardware",
     "kern_line",
     "kernel_pci_bus_id",
+    "mesh_attempts",
+    "mesh_pairs",
     "node_address",
     "port_nodes",
     "render",
@@ -169,6 +191,8 @@ _CLASS = {"training": _TRAIN, "fine_tuning": _TRAIN, "batch": _BATCH, "inference
 XID_RATE = 1.2e-6  # per GPU and tick
 FLAKY_LINKS_PER_NODE_DAY = 0.3 / 8  # flaky InfiniBand link episodes
 SLOW_NFS_PER_DAY = 0.15  # slow NFS server episodes, fleet-wide
+MESH_ATTEMPTS = 3  # TCP connects per peer and tick (MeshProbe's default)
+MESH_PEERS = 63  # peers each node probes at most (every other node in fleets up to 64 nodes)
 _XIDS_BUSY = ((13, 0.2), (31, 0.25), (43, 0.1), (94, 0.15), (63, 0.15), (48, 0.08), (79, 0.07))
 _XIDS_IDLE = ((63, 0.5), (48, 0.3), (79, 0.2))
 _XID_TEXT = {
@@ -278,6 +302,9 @@ class IOFrame:
     mem_used_kb: I64  # (N, K)
     load_centi: I64  # (N, K) one-minute load average × 100
     running: I64  # (N, K) runnable tasks
+    eth_load: F64  # (N, K) eth0 bytes/s over its speed, the larger direction, 0–0.95
+    ib_load: F64  # (N, K) all-reduce bytes/s over the node's InfiniBand speed (0: no HCA)
+    syn_loss: F64  # (N, K) chance a fault on the node loses a mesh probe's SYN or SYN-ACK
     xids: list[Xid] = field(default_factory=list)
 
 
@@ -558,9 +585,80 @@ def render(
     load = np.rint((cores + busy / 1000 / tick_s * 2) * 100)
     running = np.rint(np.maximum(cores, 1.0))
 
+    # mesh probe inputs: each end's network load, and the SYN loss of its active faults
+    eth_load = np.minimum(np.maximum(rx, tx) / (eth_cap[:, None] * tick_s), 0.95)
+    ib_load = np.where(ib_node, ar / np.maximum(ib_cap, 1.0)[:, None], 0.0)
+    link = np.zeros((n_nodes, k))
+    for p, a, b, sev in flaky:
+        lo, hi = max(a, k0) - k0, min(b, k1) - k0
+        if hi > lo:
+            n = int(ports[p])
+            link[n, lo:hi] = np.maximum(link[n, lo:hi], 0.3 + 0.5 * sev)
+    congestion = np.zeros(k)
+    for _, a, b, sev in slow_eps:
+        lo, hi = max(a, k0) - k0, min(b, k1) - k0
+        if hi > lo:
+            congestion[lo:hi] = 0.05 + 0.15 * sev
+    syn_loss = 1.0 - (1.0 - link) * (1.0 - congestion)[None, :]
+
     xids = _xids(fleet, frame, jobs, by_seq)
     return IOFrame(ticks, up, boot, inc_i, port_inc, mem_used.astype(np.int64),
-                   load.astype(np.int64), running.astype(np.int64), xids)  # fmt: skip
+                   load.astype(np.int64), running.astype(np.int64), eth_load, ib_load,
+                   syn_loss, xids)  # fmt: skip
+
+
+def mesh_pairs(n_nodes: int) -> tuple[I64, I64]:
+    """(src, dst) node ids of the mesh probes, src-major: every other node, or with more than
+    ``MESH_PEERS + 1`` nodes the next ``MESH_PEERS`` in fleet order (wrapping)."""
+    peers = min(MESH_PEERS, n_nodes - 1)
+    src = np.repeat(np.arange(n_nodes, dtype=np.int64), peers)
+    step = np.tile(np.arange(1, peers + 1, dtype=np.int64), n_nodes)
+    dst = (src + step) % max(n_nodes, 1)
+    if n_nodes <= MESH_PEERS + 1:  # the full mesh, dst in fleet order
+        order = np.lexsort((dst, src))
+        src, dst = src[order], dst[order]
+    return src, dst
+
+
+def mesh_attempts(
+    seed: int,
+    src: I64,
+    dst: I64,
+    ticks: I64,
+    up: B,
+    eth_load: F64,
+    ib_load: F64,
+    syn_loss: F64,
+    attempts: int = MESH_ATTEMPTS,
+) -> F64:
+    """Seconds each TCP connect from ``src[i]`` to ``dst[i]`` took at ``ticks[k]``, shape
+    ``(pairs, attempts, K)``; NaN for a failed attempt (see the module docstring).
+
+    ``up``, ``eth_load``, ``ib_load`` and ``syn_loss`` are :class:`IOFrame`'s ``(N, K)`` arrays
+    (or their columns of ``ticks``). Element-wise only: any slice of pairs or ticks gives the
+    same values as the whole.
+    """
+    s, d = src[:, None, None], dst[:, None, None]
+    t = ticks[None, None, :]
+    a = np.arange(attempts, dtype=np.int64)[None, :, None]
+    pair = np.minimum(s, d) * 0x10000 + np.maximum(s, d)  # the same path both ways
+    directed = (s * 0x10000 + d) * 0x100 + a  # one noise row per direction and attempt
+    base = (50e-6 + 150e-6 * noise(seed, pair, 0, 0x1C0)) * (
+        0.95 + 0.1 * noise(seed, s * 0x10000 + d, 0, 0x1C1)
+    )
+    rho_s, rho_d = eth_load[src][:, None, :], eth_load[dst][:, None, :]
+    queue = 100e-6 * (rho_s / (1.0 - rho_s) + rho_d / (1.0 - rho_d))
+    host = 200e-6 * (ib_load[src] + ib_load[dst])[:, None, :]
+    # two uniforms per attempt: u for its delay, v for its fate (lost below the loss chance,
+    # a hiccup in its top 1 %)
+    u = noise(seed, directed, t, 0x1C2)
+    v = noise(seed, directed, t, 0x1C3)
+    loss = (1.0 - (1.0 - syn_loss[src]) * (1.0 - syn_loss[dst]))[:, None, :]
+    hiccup = np.where(v >= 0.99, 0.2e-3 + 180e-3 * (v - 0.99), 0.0)  # 0.2–2 ms
+    spike = loss * (1e-3 + 15e-3 * u * u)
+    rtt = (base + queue + host) * (0.9 + 0.2 * u) + hiccup + spike
+    ok = (v >= loss) & (up[src] & up[dst])[:, None, :]
+    return np.where(ok, rtt, np.nan)
 
 
 def _rendezvous_counts(fleet: Fleet, jobs: Sequence[SimJob], ticks: I64) -> F64:

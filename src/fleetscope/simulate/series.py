@@ -9,7 +9,10 @@ job holds the GPU, DESIGN.md "Attribution rule"), the node series of the host, d
 network and InfiniBand collectors reading the fake root trees of :mod:`.roots` (the same
 conversions: jiffies ÷ USER_HZ, sectors × 512, milliseconds ÷ 1000, 4-byte words × 4; only while
 the node is up; CPU utilization from the change since the tick before, as the host collector
-computes it), ``fleet_gpu_xid_errors_total`` (from each (GPU, Xid)'s first occurrence on) and
+computes it), ``fleet_gpu_xid_errors_total`` (from each (GPU, Xid)'s first occurrence on), the
+mesh probe's ``fleet_mesh_rtt_seconds{src, dst}`` (the median of the tick's successful
+attempts, omitted when none succeeded) and ``fleet_mesh_probe_loss_ratio{src, dst}``, as
+:class:`fleetscope.collect.mesh.MeshProbe` computes them from :func:`.io.mesh_attempts`, and
 the simulated scheduler's series (``fleet_sched_gpus_total`` and the others of the contract).
 Within a batch, each series' rows are in time order. Everything is numpy over ``[row, tick]``
 grids; Python loops run only over series (GPUs, allocations, label combinations).
@@ -46,6 +49,7 @@ I64 = npt.NDArray[np.int64]
 TIERS_ORDER = ("production", "experimentation")
 CUMULATIVE = ("energy_mj", "ecc_corrected", "ecc_uncorrected", "pcie_rx_bytes", "pcie_tx_bytes")
 Present = dict[LabelKey, dict[str, str]]  # the series present at one tick, by label key
+MESH_CHUNK = 1 << 21  # mesh attempts computed at a time (pairs × attempts × ticks)
 
 
 class Builder:
@@ -368,6 +372,45 @@ def node_batch(
         rate = np.array([hw[int(n)].ib_gbps * 125_000_000.0 for n in ports])[:, None]
         out.grid("fleet_infiniband_port_rate_bytes", hca_rows, t_ms, rate, pup)
     _xid_series(fleet, node_io, xid_before, t_ms, out)
+    _mesh_series(fleet, node_io, t_ms, out)
+
+
+def _mesh_series(
+    fleet: Fleet, node_io: io.IOFrame, t_ms: npt.NDArray[np.int64], out: Builder
+) -> None:
+    """``fleet_mesh_rtt_seconds`` and ``fleet_mesh_probe_loss_ratio`` of every probed pair."""
+    src, dst = io.mesh_pairs(len(fleet.nodes))
+    if not len(src):
+        return
+    k = len(t_ms)
+    rtt, loss = np.empty((len(src), k)), np.empty((len(src), k))
+    step = max(1, MESH_CHUNK // (len(src) * io.MESH_ATTEMPTS))
+    for a in range(0, k, step):
+        b = min(a + step, k)
+        cols = slice(a, b)
+        times = io.mesh_attempts(
+            fleet.spec.seed, src, dst, node_io.ticks[cols], node_io.up[:, cols],
+            node_io.eth_load[:, cols], node_io.ib_load[:, cols], node_io.syn_loss[:, cols],
+        )  # fmt: skip
+        rtt[:, cols], loss[:, cols] = _median_and_loss(times)
+    names = [n.name for n in fleet.nodes]
+    rows = [
+        {"src": names[s], "dst": names[d]} for s, d in zip(src.tolist(), dst.tolist(), strict=True)
+    ]
+    out.grid("fleet_mesh_rtt_seconds", rows, t_ms, rtt, ~np.isnan(rtt))
+    out.grid("fleet_mesh_probe_loss_ratio", rows, t_ms, loss)
+
+
+def _median_and_loss(times: F64) -> tuple[F64, F64]:
+    """Per (pair, tick) of ``(pairs, attempts, K)`` connect times (NaN: failed): the median of
+    the successful ones as :func:`statistics.median` takes it (the middle one, or the mean of
+    the two middle ones; NaN when none) and the failed share."""
+    attempts = times.shape[1]
+    ok = np.count_nonzero(~np.isnan(times), axis=1)
+    ordered = np.sort(times, axis=1)  # NaN last
+    lo = np.take_along_axis(ordered, np.maximum(ok - 1, 0)[:, None] // 2, axis=1)[:, 0]
+    hi = np.take_along_axis(ordered, (ok // 2)[:, None], axis=1)[:, 0]
+    return (lo + hi) / 2, (attempts - ok) / attempts
 
 
 def _xid_series(

@@ -268,6 +268,11 @@ class Simulation:
 
     # -- backfill ----------------------------------------------------------------------
 
+    @property
+    def io_frame(self) -> io.IOFrame | None:
+        """The node I/O of the last rendered block (what the fake files and the mesh show)."""
+        return self._io_last
+
     def backfill(
         self,
         store: SampleSink,
