@@ -355,3 +355,32 @@ def test_closed_spans_are_merged_into_one_run_each(tmp_path: Path) -> None:
     reopened = DuckDBStore(tmp_path / "l.duckdb")  # run numbers continue after a restart
     assert reopened._next_run == max(r[0] for r in runs) + 1
     reopened.close()
+
+
+class CompactsDuringARead(DuckDBStore):
+    """Compacts between planning a head-only read and running it, as another thread could."""
+
+    armed = False
+
+    def _rows(self, ids: list[int], mint: int, maxt: int, *, head_only: bool) -> str:
+        sql = super()._rows(ids, mint, maxt, head_only=head_only)
+        if self.armed and head_only:
+            self.armed = False
+            assert self.compact() > 0
+        return sql
+
+
+def test_a_read_of_the_head_alone_notices_a_compaction_and_reads_both_tables(
+    tmp_path: Path,
+) -> None:
+    s = CompactsDuringARead(tmp_path / "c.duckdb", block_ms=1000, head_keep_ms=0)
+    s.append(SampleBatch.from_rows([(gpu(0), t, float(t)) for t in range(0, 5000, 250)]))
+    assert s.compact() == 16  # blocks end at 4000: reads from 4000 on need only the head
+    s.append(SampleBatch.from_rows([(gpu(0), t, float(t)) for t in range(5000, 6001, 250)]))
+    s.armed = True
+    (found,) = s.select([Matcher("gpu", "=", "0")], 4100, 6000)
+    assert not s.armed, "the compaction ran in the middle of the read"
+    assert found.t_ms.tolist() == list(range(4250, 6001, 250))
+    (again,) = s.select([Matcher("gpu", "=", "0")], 4100, 6000)  # plain: both tables
+    assert again.t_ms.tolist() == found.t_ms.tolist()
+    s.close()

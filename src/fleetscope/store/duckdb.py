@@ -42,11 +42,11 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import numpy as np
@@ -105,6 +105,7 @@ _EVENT_SCHEMA = pa.schema(
      ("attrs", pa.string())]
 )  # fmt: skip
 _NO_HEAD = np.iinfo(np.int64).min
+_T = TypeVar("_T")
 BLOCK_MS = 2 * 3_600_000  # compaction moves samples out of the head in aligned blocks of 2 h
 HEAD_KEEP_MS = 3_600_000  # … once the newest sample is this far past the block's end
 MERGE_SPANS_MS = (86_400_000, 7 * 86_400_000)  # closed days, then weeks, become one run each
@@ -204,6 +205,7 @@ class DuckDBStore:
         self._queue: list[_Pending] = []  # appends waiting for the next group commit
         self._queue_lock = threading.Lock()
         self._by_name: dict[str, list[int]] = {}
+        self._keys = np.empty(0, np.int64)  # series id → metric key
         self._head = np.empty(0, np.int64)
         self._load_index()
 
@@ -217,6 +219,9 @@ class DuckDBStore:
             self._register(dict(json.loads(text)), text)
         self._head = np.full(len(self._labels), _NO_HEAD, np.int64)
         self._merged_until: dict[int, int] = {}  # span → end of the spans already merged
+        row = self._con.execute("SELECT max(t) FROM blocks").fetchone()
+        # no block row is newer than this (an upper bound): selects after it skip the blocks
+        self._blocks_max_t = _NO_HEAD if row is None or row[0] is None else int(row[0])
         row = self._con.execute("SELECT max(run) FROM blocks").fetchone()
         self._next_run = 0 if row is None or row[0] is None else int(row[0]) + 1
         heads = self._con.execute(
@@ -231,27 +236,71 @@ class DuckDBStore:
         sid = len(self._labels)
         self._labels.append(labels)
         self._ids[key] = sid
-        self._by_name.setdefault(labels.get(METRIC_NAME, ""), []).append(sid)
+        same_metric = self._by_name.setdefault(labels.get(METRIC_NAME, ""), [])
+        same_metric.append(sid)
+        if sid >= len(self._keys):
+            self._keys = np.concatenate([self._keys, np.zeros(max(1024, sid), np.int64)])
+        self._keys[sid] = same_metric[0]
         return sid
 
-    def _metric_key(self, sid: int) -> int:
-        """The smallest series id of ``sid``'s metric (``blocks.metric_key``; never changes)."""
-        return self._by_name[self._labels[sid].get(METRIC_NAME, "")][0]
+    def _metric_keys(self, ids: Sequence[int]) -> list[int]:
+        """The ``blocks.metric_key`` of the series (the smallest series id of each one's
+        metric; it never changes), sorted and distinct."""
+        return [int(k) for k in np.unique(self._keys[np.asarray(ids, np.int64)])]
+
+    def _read(
+        self,
+        ids: list[int],
+        mint: int,
+        maxt: int,
+        run: Callable[[duckdb.DuckDBPyConnection, str], _T],
+    ) -> _T:
+        """``run(cursor, rows)`` where ``rows`` is a subquery of the samples of ``ids``
+        (sorted) in ``[mint, maxt]``: from both tables, or from the head alone when no block
+        row can be that recent (most instant queries), which saves DuckDB a scan.
+
+        Compaction raises the blocks' bound before it commits a move, so a head-only read that
+        finds the bound changed afterwards may have missed moved rows: it runs again on both.
+        """
+        cur = self._con.cursor()
+        try:
+            cur.register("wanted", pa.table({"id": pa.array(ids, pa.int32())}))
+            bound = self._blocks_max_t
+            result = run(cur, self._rows(ids, mint, maxt, head_only=mint > bound))
+            if mint > bound and self._blocks_max_t != bound:
+                result = run(cur, self._rows(ids, mint, maxt, head_only=False))
+            return result
+        finally:
+            cur.close()
+
+    def _rows(self, ids: list[int], mint: int, maxt: int, *, head_only: bool) -> str:
+        where_blocks, where = self._where(ids)
+        within = f"t BETWEEN {int(mint)} AND {int(maxt)} AND series_id IN (SELECT id FROM wanted)"
+        head = f"SELECT series_id, t, v FROM samples WHERE {where} AND {within}"
+        if head_only:
+            return f"({head})"
+        return (
+            f"(SELECT series_id, t, v FROM blocks WHERE {where_blocks} AND {within} "
+            f"UNION ALL {head})"
+        )
 
     def _where(self, ids: Sequence[int]) -> tuple[str, str]:
         """Constant filters for :data:`_ALL_SAMPLES` that let zone maps skip row groups: the
         series id range and, in ``blocks``, the metric keys of ``ids`` (sorted, non-empty)."""
         span = f"series_id BETWEEN {int(ids[0])} AND {int(ids[-1])}"
-        keys = sorted({self._metric_key(i) for i in ids})
+        keys = self._metric_keys(ids)
         if len(keys) <= 16:
             return f"metric_key IN ({','.join(map(str, keys))}) AND {span}", span
         return span, span
 
     def _match(self, matchers: Sequence[Matcher]) -> list[int]:
         """Ids of series matching every matcher (a ``__name__ =`` matcher narrows first)."""
-        names = [m.value for m in matchers if m.name == METRIC_NAME and m.op == "="]
+        names = [m for m in matchers if m.name == METRIC_NAME and m.op == "="]
         if names:
-            candidates: Iterable[int] = self._by_name.get(names[0], [])
+            candidates: Iterable[int] = self._by_name.get(names[0].value, [])
+            rest = [m for m in matchers if m is not names[0]]
+            if not rest:  # the metric name alone: its series, nothing more to check
+                return list(candidates)
         else:
             candidates = range(len(self._labels))
         return [i for i in candidates if matches_all(self._labels[i], matchers)]
@@ -523,16 +572,8 @@ class DuckDBStore:
         if not ids:
             return []
         thin = hints is not None and hints.step_ms > 0 and hints.func is None
-        where_blocks, where = self._where(ids)
-        within = (
-            f"t BETWEEN {int(mint_ms)} AND {int(maxt_ms)} AND series_id IN (SELECT id FROM wanted)"
-        )
-        rows = _ALL_SAMPLES.format(
-            where_blocks=f"{where_blocks} AND {within}", where=f"{where} AND {within}"
-        )
-        cur = self._con.cursor()
-        try:
-            cur.register("wanted", pa.table({"id": pa.array(ids, pa.int32())}))
+
+        def run(cur: duckdb.DuckDBPyConnection, rows: str) -> dict[str, Any]:
             if thin and hints is not None:
                 # Keep the newest sample per step bucket: exactly what instant selectors
                 # read (SelectHints). Bucket k > 0 holds the samples in
@@ -541,13 +582,10 @@ class DuckDBStore:
                     f"SELECT series_id, max(t) AS t, arg_max(v, t) AS v FROM {rows} "
                     "GROUP BY series_id, greatest(ceil((t - ?) / ?), 0) ORDER BY 1, 2"
                 )
-                params: list[int] = [hints.start_ms, hints.step_ms]
-            else:
-                sql = f"SELECT series_id, t, v FROM {rows} ORDER BY 1, 2"
-                params = []
-            cols = cur.execute(sql, params).fetchnumpy()
-        finally:
-            cur.close()
+                return cur.execute(sql, [hints.start_ms, hints.step_ms]).fetchnumpy()
+            return cur.execute(f"SELECT series_id, t, v FROM {rows} ORDER BY 1, 2").fetchnumpy()
+
+        cols = self._read(ids, mint_ms, maxt_ms, run)
         sids = np.asarray(cols["series_id"], np.int64)
         ts = np.asarray(cols["t"], np.int64)
         vs = np.asarray(cols["v"], np.float64)
@@ -571,16 +609,10 @@ class DuckDBStore:
         if not ids or n <= 0 or width_ms <= 0:
             return Buckets([], *_empty_buckets(0, max(n, 0)))
         maxt = base_ms + (n - 1) * width_ms
-        where_blocks, where = self._where(ids)
-        within = f"t BETWEEN {int(base_ms)} AND {maxt} AND series_id IN (SELECT id FROM wanted)"
-        rows = _ALL_SAMPLES.format(
-            where_blocks=f"{where_blocks} AND {within}", where=f"{where} AND {within}"
-        )
         ok = "FILTER (WHERE NOT isnan(v))"
         at_edge = f"t = {int(base_ms)} + b * {int(width_ms)} AND NOT isnan(v)"
-        cur = self._con.cursor()
-        try:
-            cur.register("wanted", pa.table({"id": pa.array(ids, pa.int32())}))
+
+        def run(cur: duckdb.DuckDBPyConnection, rows: str) -> dict[str, Any] | None:
             cols = cur.execute(
                 f"SELECT series_id, b, count(v) {ok} AS n, sum(v) {ok} AS s, min(v) {ok} AS lo, "
                 f"max(v) {ok} AS hi, arg_max(v, t) {ok} AS last, "
@@ -593,8 +625,12 @@ class DuckDBStore:
                 nans = cur.execute(f"SELECT v FROM {rows} WHERE isnan(v)").fetchnumpy()["v"]
                 if (np.asarray(nans, np.float64).view(np.int64) != STALE_NAN_BITS).any():
                     return None  # a real NaN: the caller applies Prometheus' rules to samples
-        finally:
-            cur.close()
+            return cols
+
+        found = self._read(ids, base_ms, maxt, run)
+        if found is None:
+            return None
+        cols = found
         sids = np.asarray(cols["series_id"], np.int64)
         present = np.unique(sids)
         order = sorted(range(len(present)), key=lambda i: sorted(self._labels[present[i]].items()))
@@ -747,9 +783,7 @@ class DuckDBStore:
 
     def _move_block(self, end_ms: int) -> int:
         """Move every head sample older than ``end_ms`` into one sorted run (holding the lock)."""
-        keys = np.empty(len(self._labels), np.int32)
-        for sids in self._by_name.values():
-            keys[sids] = sids[0]
+        keys = self._keys[: len(self._labels)].astype(np.int32)
         metric_keys = pa.table(
             {"id": pa.array(np.arange(len(keys), dtype=np.int32)), "key": pa.array(keys)}
         )
@@ -765,6 +799,9 @@ class DuckDBStore:
             )
             self._next_run += 1
             row = con.execute("DELETE FROM samples WHERE t < ?", [end_ms]).fetchone()
+            # Raised before the commit: a read that sees the moved rows gone from the head
+            # also sees this bound (see _rows), so it reads the blocks.
+            self._blocks_max_t = max(self._blocks_max_t, end_ms - 1)
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
