@@ -13,14 +13,17 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from prometheus_client import CollectorRegistry, start_http_server
 
 VICTORIA_METRICS = "/usr/bin/victoria-metrics"
@@ -47,6 +50,9 @@ def serve_registry() -> Callable[[CollectorRegistry], AbstractContextManager[str
 
 
 # ------------------------------------------------------------------ real services
+
+
+ASGI_START_TIMEOUT_S = 60.0
 
 
 def free_port() -> int:
@@ -159,3 +165,31 @@ def run_prometheus() -> Callable[..., AbstractContextManager[Service]]:
 def run_victoria_metrics() -> Callable[..., AbstractContextManager[Service]]:
     """``with run_victoria_metrics(data_dir, *extra_args) as service: …``"""
     return start_victoria_metrics
+
+
+@contextmanager
+def serve_asgi(app: Any) -> Iterator[str]:
+    """Serve an ASGI app with uvicorn in a thread on a free port; yields the base URL."""
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + ASGI_START_TIMEOUT_S
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+@pytest.fixture(scope="session")
+def serve_app() -> Callable[[Any], AbstractContextManager[str]]:
+    """``serve_app(app)``: a context manager serving an ASGI app (uvicorn, in a thread, on a
+    free loopback port); yields its base URL. Session-scoped, so module fixtures can use it."""
+    return serve_asgi

@@ -4,13 +4,12 @@ from a real Fleetscope server over HTTP (PromQL to ``/api/v1/query`` with the be
 from __future__ import annotations
 
 import json
-import threading
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 import pytest
-import uvicorn
 from rich.console import Console
 
 from fleetscope import top
@@ -184,24 +183,17 @@ def test_bar() -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+def server(
+    tmp_path_factory: pytest.TempPathFactory,
+    serve_app: Callable[[Any], AbstractContextManager[str]],
+) -> Iterator[tuple[str, str]]:
     """A Fleetscope server over the same fleet: (base URL, admin token)."""
     store = FakeMetricStore()
     store.append(SampleBatch.from_rows(fleet()))
     data: Path = tmp_path_factory.mktemp("data")
     app = create_app(WebSettings(data_dir=data), store, FakeRecordStore())
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    port = srv.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}", app.state.admin_token.value
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serve_app(app) as url:
+        yield url, app.state.admin_token.value
 
 
 def test_top_reads_a_fleetscope_server_with_the_token(server: tuple[str, str]) -> None:

@@ -16,47 +16,13 @@ printed when it fails to start). The starters live in tests/conftest.py (``run_p
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from prometheus_client import CollectorRegistry
-
-START_TIMEOUT_S = 60.0
-
-
-def free_port() -> int:
-    """A loopback TCP port that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def serve_asgi(app: Any) -> Iterator[str]:
-    """Serve an ASGI app with uvicorn in a thread on a free port; yields the base URL."""
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    )
-    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
 
 
 @pytest.fixture
@@ -84,10 +50,12 @@ def prometheus(
 
 
 @pytest.fixture
-def asgi_server() -> Iterator[Callable[[Any], str]]:
+def asgi_server(
+    serve_app: Callable[[Any], AbstractContextManager[str]],
+) -> Iterator[Callable[[Any], str]]:
     """Factory: ``asgi_server(app)`` serves an ASGI app, stopped after the test."""
     with ExitStack() as stack:
-        yield lambda app: stack.enter_context(serve_asgi(app))
+        yield lambda app: stack.enter_context(serve_app(app))
 
 
 @pytest.fixture
