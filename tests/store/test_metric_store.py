@@ -384,3 +384,42 @@ def test_a_read_of_the_head_alone_notices_a_compaction_and_reads_both_tables(
     (again,) = s.select([Matcher("gpu", "=", "0")], 4100, 6000)  # plain: both tables
     assert again.t_ms.tolist() == found.t_ms.tolist()
     s.close()
+
+
+def test_an_instant_select_at_the_newest_time_is_answered_without_sql(tmp_path: Path) -> None:
+    path = tmp_path / "l.duckdb"
+    s = DuckDBStore(path)
+    rows_ = [(gpu(0), t, float(t)) for t in range(0, 600_001, 15_000)]
+    rows_ += [(gpu(1), t, 1.0) for t in range(0, 300_001, 15_000)] + [(gpu(1), 315_000, STALE_NAN)]
+    rows_ += [(gpu(2), 0, 5.0)]  # older than the lookback at the end
+    s.append(SampleBatch.from_rows(rows_))
+    everything = [Matcher("__name__", "=~", ".+")]
+
+    def instant(store: DuckDBStore, t: int) -> list[tuple[str, list[int], list[int]]]:
+        hints = SelectHints(start_ms=t, end_ms=t, step_ms=0, lookback_ms=300_000)
+        return [
+            (x.labels["gpu"], x.t_ms.tolist(), x.values.view(np.int64).tolist())
+            for x in store.select(everything, t - 300_000, t, hints)
+        ]
+
+    def newest_by_sql(store: DuckDBStore, t: int) -> list[tuple[str, list[int], list[int]]]:
+        return [
+            (x.labels["gpu"], x.t_ms[-1:].tolist(), x.values[-1:].view(np.int64).tolist())
+            for x in store.select(everything, t - 300_000, t)
+        ]
+
+    at_end = instant(s, 600_000)
+    assert at_end == newest_by_sql(s, 600_000)
+    assert [g for g, _, _ in at_end] == ["0", "1"]  # gpu 2 has nothing in the window
+    assert at_end[1][2] == [int(np.array([STALE_NAN]).view(np.int64)[0])]  # the marker itself
+    # A later sample exists: the rows are read (all of the window: hints allow, not require,
+    # sending less), and their newest is the same.
+    earlier = instant(s, 400_000)
+    assert [(g, t[-1:], v[-1:]) for g, t, v in earlier] == newest_by_sql(s, 400_000)
+    assert len(earlier[0][1]) == 20  # 105 s … 390 s
+    s.close()
+    s = DuckDBStore(path)  # the newest samples come back from the tables
+    assert instant(s, 600_000) == at_end
+    s.delete_before(700_000)  # retention of everything: nothing is left to answer with
+    assert instant(s, 600_000) == []
+    s.close()

@@ -251,7 +251,8 @@ class SelectHints:
     computes. With ``step_ms`` set and ``func`` unset, an adapter may return, per series, only
     the newest sample in ``[t - lookback_ms, t]`` (Prometheus 2.x's closed lookback window) for
     each evaluation time ``t = start_ms + k * step_ms`` (``t <= end_ms``): exactly what instant
-    selectors read.
+    selectors read. With ``step_ms`` 0, ``func`` unset and ``start_ms == end_ms`` (one
+    evaluation time, the select's ``maxt``), the same holds for that one time.
     """
 
     start_ms: int

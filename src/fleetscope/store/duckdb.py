@@ -225,12 +225,15 @@ class DuckDBStore:
         row = self._con.execute("SELECT max(run) FROM blocks").fetchone()
         self._next_run = 0 if row is None or row[0] is None else int(row[0]) + 1
         heads = self._con.execute(
-            "SELECT series_id, max(t) AS t FROM "
+            "SELECT series_id, max(t) AS t, arg_max(v, t) AS v FROM "
             + _ALL_SAMPLES.format(where_blocks="true", where="true")
             + " GROUP BY series_id"
         ).fetchnumpy()
+        self._latest = _Latest(len(self._labels))
         if len(heads["series_id"]):
-            self._head[heads["series_id"].astype(np.int64)] = heads["t"]
+            ids = heads["series_id"].astype(np.int64)
+            self._head[ids] = heads["t"]
+            self._latest.update(len(self._labels), ids, heads["t"], heads["v"])
 
     def _register(self, labels: dict[str, str], key: str) -> int:
         sid = len(self._labels)
@@ -519,6 +522,9 @@ class DuckDBStore:
         for numbering, number, sid in stage.numbered:
             if numbering is self._numbering and number < len(self._id_of_number):
                 self._id_of_number[number] = sid
+        for ids, t, v in zip(stage.ids, stage.t, stage.v, strict=True):  # committed: in order
+            last = np.append(ids[1:] != ids[:-1], True)  # rows are sorted by (id, t)
+            self._latest.update(len(self._labels), ids[last], t[last], v[last])
         stage.clear()
         for p, result in zip(pending, results, strict=True):
             p.result = result
@@ -571,6 +577,22 @@ class DuckDBStore:
         ids = sorted(self._match(matchers))
         if not ids:
             return []
+        if (
+            hints is not None
+            and hints.func is None
+            and hints.step_ms == 0
+            and hints.start_ms == hints.end_ms == maxt_ms
+            and mint_ms == maxt_ms - hints.lookback_ms
+        ):  # one instant: the newest committed samples answer it when nothing is newer
+            now = self._latest.select(ids, mint_ms, maxt_ms)
+            if now is not None:
+                sids, ts, vs = now
+                out = [
+                    Series(dict(self._labels[int(i)]), ts[k : k + 1], vs[k : k + 1])
+                    for k, i in enumerate(sids)
+                ]
+                out.sort(key=lambda x: sorted(x.labels.items()))
+                return out
         thin = hints is not None and hints.step_ms > 0 and hints.func is None
 
         def run(cur: duckdb.DuckDBPyConnection, rows: str) -> dict[str, Any]:
@@ -681,6 +703,7 @@ class DuckDBStore:
 
     def delete_before(self, t_ms: int) -> int:
         with self._lock:
+            self._latest.forget_before(t_ms)
             deleted = 0
             for table in ("blocks", "samples"):
                 row = self._con.execute(f"DELETE FROM {table} WHERE t < ?", [t_ms]).fetchone()
@@ -956,6 +979,54 @@ class DuckDBStore:
     def close(self) -> None:
         with self._lock:
             self._con.close()
+
+
+class _Latest:
+    """The newest *committed* sample of every series (Prometheus' head keeps it too), so an
+    instant selector at or after it needs no SQL. Updated after each commit, read by any
+    thread: one lock keeps a time and its value together."""
+
+    def __init__(self, n: int) -> None:
+        self._lock = threading.Lock()
+        self._t = np.full(n, _NO_HEAD, np.int64)
+        self._v = np.full(n, np.nan)
+
+    def update(
+        self, n: int, ids: npt.NDArray[np.int64], t: npt.NDArray[np.int64], v: npt.NDArray[Any]
+    ) -> None:
+        """Series ``ids`` (distinct) now end at ``(t, v)``; ``n`` series exist."""
+        with self._lock:
+            if n > len(self._t):
+                grow = max(n - len(self._t), len(self._t))
+                self._t = np.concatenate([self._t, np.full(grow, _NO_HEAD, np.int64)])
+                self._v = np.concatenate([self._v, np.full(grow, np.nan)])
+            self._t[ids] = t
+            self._v[ids] = np.asarray(v, np.float64)
+
+    def forget_before(self, t_ms: int) -> None:
+        """Retention deleted every sample older than ``t_ms``."""
+        with self._lock:
+            gone = self._t < t_ms
+            self._t[gone] = _NO_HEAD
+            self._v[gone] = np.nan
+
+    def select(
+        self, ids: list[int], mint: int, maxt: int
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64]] | None:
+        """``(ids, t, v)`` of the series whose newest sample is in ``[mint, maxt]``; ``None``
+        when one of them has a sample after ``maxt`` (its newest one up to ``maxt`` is not
+        kept here: the caller reads the stored rows)."""
+        wanted = np.asarray(ids, np.int64)
+        with self._lock:
+            inside = wanted < len(self._t)
+            t = np.full(len(wanted), _NO_HEAD, np.int64)
+            v = np.full(len(wanted), np.nan)
+            t[inside] = self._t[wanted[inside]]
+            v[inside] = self._v[wanted[inside]]
+        if (t > maxt).any():
+            return None
+        keep = t >= mint
+        return wanted[keep], t[keep], v[keep]
 
 
 class _NeedsFlush(Exception):
