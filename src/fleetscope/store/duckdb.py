@@ -577,13 +577,14 @@ class DuckDBStore:
         ids = sorted(self._match(matchers))
         if not ids:
             return []
-        if (
+        one_instant = (
             hints is not None
             and hints.func is None
             and hints.step_ms == 0
             and hints.start_ms == hints.end_ms == maxt_ms
             and mint_ms == maxt_ms - hints.lookback_ms
-        ):  # one instant: the newest committed samples answer it when nothing is newer
+        )
+        if one_instant:  # the newest committed samples answer it when nothing is newer
             now = self._latest.select(ids, mint_ms, maxt_ms)
             if now is not None:
                 sids, ts, vs = now
@@ -596,6 +597,9 @@ class DuckDBStore:
         thin = hints is not None and hints.step_ms > 0 and hints.func is None
 
         def run(cur: duckdb.DuckDBPyConnection, rows: str) -> dict[str, Any]:
+            if one_instant:  # the newest sample of each series in the window
+                sql = f"SELECT series_id, max(t) AS t, arg_max(v, t) AS v FROM {rows} GROUP BY 1"
+                return cur.execute(sql + " ORDER BY 1").fetchnumpy()
             if thin and hints is not None:
                 # Keep the newest sample per step bucket: exactly what instant selectors
                 # read (SelectHints). Bucket k > 0 holds the samples in
