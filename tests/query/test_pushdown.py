@@ -8,7 +8,7 @@ queries were answered from buckets.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ from fleetscope.query import QueryResult
 from fleetscope.query.engine import Evaluator
 from fleetscope.query.pushdown import plan
 from fleetscope.store import (
+    BUCKET_AGGREGATES,
     STALE_NAN,
     Buckets,
     FakeMetricStore,
@@ -41,9 +42,14 @@ class Spy(DuckDBStore):
         self.sample_reads = 0
 
     def select_buckets(
-        self, matchers: Sequence[Matcher], base_ms: int, width_ms: int, n: int
+        self,
+        matchers: Sequence[Matcher],
+        base_ms: int,
+        width_ms: int,
+        n: int,
+        aggregates: Collection[str] = BUCKET_AGGREGATES,
     ) -> Buckets | None:
-        found = super().select_buckets(matchers, base_ms, width_ms, n)
+        found = super().select_buckets(matchers, base_ms, width_ms, n, aggregates)
         self.bucket_answers += found is not None
         return found
 
@@ -178,3 +184,16 @@ def test_bucket_plans() -> None:
     assert single is not None and (single.n, single.per_window) == (2, 1)
     # A range that shares no useful divisor with the step: too many buckets, read samples.
     assert plan(np.arange(0, 86_400_000, 7 * S + 1, dtype=np.int64), 86_400_000) is None
+
+
+def test_only_the_aggregates_asked_for_are_computed(stores: tuple[Spy, FakeMetricStore]) -> None:
+    spy, _ = stores
+    matchers = [Matcher("__name__", "=", "fleet_gpu_power_watts")]
+    full = spy.select_buckets(matchers, 0, MIN, 30)
+    only_max = spy.select_buckets(matchers, 0, MIN, 30, ("max",))
+    assert full is not None and only_max is not None
+    assert np.array_equal(full.max, only_max.max, equal_nan=True)
+    assert np.array_equal(full.count, only_max.count)
+    assert np.isnan(only_max.sum).all() and np.isnan(only_max.last).all()
+    with pytest.raises(ValueError, match="unknown bucket aggregates"):
+        spy.select_buckets(matchers, 0, MIN, 30, ("median",))

@@ -44,6 +44,15 @@ PUSHED_DOWN = frozenset(
     {"count_over_time", "sum_over_time", "avg_over_time", "min_over_time", "max_over_time",
      "last_over_time", "present_over_time"}
 )  # fmt: skip
+_NEEDS: dict[str, tuple[str, ...]] = {  # the bucket aggregates each function reads
+    "count_over_time": (),
+    "present_over_time": (),
+    "sum_over_time": ("sum",),
+    "avg_over_time": ("sum",),
+    "min_over_time": ("min",),
+    "max_over_time": ("max",),
+    "last_over_time": ("last",),
+}
 MAX_BUCKETS = 20_000  # per series: beyond this, reading samples is about as cheap
 MAX_WINDOW_BUCKETS = 4_096
 
@@ -84,7 +93,7 @@ def over_time(
 ) -> tuple[list[dict[str, str]], F64, Bools] | None:
     """``func`` over every window of ``p``: the series' labels (names kept), values
     ``[series, windows]`` and where a value exists; ``None``: evaluate from samples instead."""
-    b = store.select_buckets(matchers, p.base_ms, p.width_ms, p.n)
+    b = store.select_buckets(matchers, p.base_ms, p.width_ms, p.n, _NEEDS[func])
     if b is None:
         return None
     with np.errstate(all="ignore"):  # overflow to ±Inf and Inf - Inf are Prometheus' results

@@ -32,7 +32,7 @@ No SQL outside this package (DESIGN.md). Adapters: ``duckdb`` (embedded).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Literal, Protocol
@@ -231,15 +231,25 @@ class Buckets:
     has_edge: npt.NDArray[np.bool_]
 
 
+BUCKET_AGGREGATES = ("sum", "min", "max", "last")
+"""The optional aggregates of :class:`Buckets` (``count``, ``edge`` and ``has_edge`` always)."""
+
+
 class SupportsBuckets(Protocol):
     """A :class:`MetricStore` that aggregates samples per time bucket itself (in SQL)."""
 
     def select_buckets(
-        self, matchers: Sequence[Matcher], base_ms: int, width_ms: int, n: int
+        self,
+        matchers: Sequence[Matcher],
+        base_ms: int,
+        width_ms: int,
+        n: int,
+        aggregates: Collection[str] = BUCKET_AGGREGATES,
     ) -> Buckets | None:
         """:class:`Buckets` of the matching series over ``[base_ms, base_ms + (n-1)·width_ms]``,
         or ``None`` when a series there holds a NaN that is not a staleness marker (the
-        aggregates could not follow Prometheus' NaN rules: the caller reads the samples)."""
+        aggregates could not follow Prometheus' NaN rules: the caller reads the samples).
+        Only the ``aggregates`` named are computed; the other float arrays are all NaN."""
         ...
 
 

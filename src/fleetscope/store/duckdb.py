@@ -42,7 +42,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,6 +55,7 @@ import pyarrow as pa
 
 from fleetscope.model import Event, Job, JobState
 from fleetscope.store import (
+    BUCKET_AGGREGATES,
     METRIC_NAME,
     STALE_NAN_BITS,
     Appender,
@@ -627,7 +628,12 @@ class DuckDBStore:
         return out
 
     def select_buckets(
-        self, matchers: Sequence[Matcher], base_ms: int, width_ms: int, n: int
+        self,
+        matchers: Sequence[Matcher],
+        base_ms: int,
+        width_ms: int,
+        n: int,
+        aggregates: Collection[str] = BUCKET_AGGREGATES,
     ) -> Buckets | None:
         """Per-bucket aggregates in SQL (:class:`~fleetscope.store.SupportsBuckets`): one
         ``GROUP BY (series, bucket)`` over the rows of the range instead of every sample."""
@@ -635,13 +641,28 @@ class DuckDBStore:
         if not ids or n <= 0 or width_ms <= 0:
             return Buckets([], *_empty_buckets(0, max(n, 0)))
         maxt = base_ms + (n - 1) * width_ms
+        unknown = set(aggregates) - set(BUCKET_AGGREGATES)
+        if unknown:
+            raise ValueError(f"unknown bucket aggregates {sorted(unknown)}")
+        aggregates_sql = {
+            {"sum": "s", "min": "lo", "max": "hi", "last": "last"}[a] for a in aggregates
+        }
         ok = "FILTER (WHERE NOT isnan(v))"
         at_edge = f"t = {int(base_ms)} + b * {int(width_ms)} AND NOT isnan(v)"
 
         def run(cur: duckdb.DuckDBPyConnection, rows: str) -> dict[str, Any] | None:
+            wanted = {
+                "s": f"sum(v) {ok}",
+                "lo": f"min(v) {ok}",
+                "hi": f"max(v) {ok}",
+                "last": f"arg_max(v, t) {ok}",
+            }
+            computed = "".join(
+                f"{expr if name in aggregates_sql else 'NULL::DOUBLE'} AS {name}, "
+                for name, expr in wanted.items()
+            )
             cols = cur.execute(
-                f"SELECT series_id, b, count(v) {ok} AS n, sum(v) {ok} AS s, min(v) {ok} AS lo, "
-                f"max(v) {ok} AS hi, arg_max(v, t) {ok} AS last, "
+                f"SELECT series_id, b, count(v) {ok} AS n, {computed}"
                 f"max(v) FILTER (WHERE {at_edge}) AS edge, "
                 "count(*) FILTER (WHERE isnan(v)) AS nans FROM "
                 f"(SELECT series_id, t, v, (t - {int(base_ms)} + {int(width_ms) - 1}) "
