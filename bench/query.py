@@ -17,7 +17,10 @@ Fleetscope / VictoriaMetrics. Fleetscope is timed twice: in process through
 (after the in-process store is closed: a DuckDB file has one writer process). The whole
 overview page (``web.view.build`` for a 7 d window, its own 4 query threads) is timed on every
 backend too. Last, bytes per sample on disk: overall and, with ``--gauge-bytes``, for three GPU
-gauges each loaded alone into fresh instances.
+gauges each loaded alone into fresh instances. Fleetscope is loaded compacting as it goes (as
+the server's housekeeping thread does live: 2 h runs, merged per day and per week; the layout
+is printed), and its size is given twice: the file, and the blocks in use (the file keeps the
+blocks compaction freed, for later writes). Use ``--days 9`` or more for a closed week.
 
 Loading. Prometheus takes remote-written samples only at or after its head's newest time minus
 half a block range (1 h), so history is written in time order: each simulator block is sorted
