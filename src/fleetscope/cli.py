@@ -257,8 +257,8 @@ def agent(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Collect this node's GPUs (NVML), GPU processes → jobs → teams, XIDs, host, disks, NFS,
-    NICs, InfiniBand, mesh and endpoint probes and local exporters ([agent] in the config);
-    serve and/or push them."""
+    NICs, InfiniBand, mesh and endpoint probes and local exporters (the config's agent
+    section); serve and/or push them."""
     import socket
 
     from fleetscope import wal
