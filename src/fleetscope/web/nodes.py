@@ -25,7 +25,7 @@ from fleetscope.analyze.overview import promql_duration
 from fleetscope.query import Engine, QueryError
 from fleetscope.store import RecordStore
 from fleetscope.web import view
-from fleetscope.web.params import REFRESH, WINDOWS, parse_duration, step_for
+from fleetscope.web.params import nav_context, parse_duration, step_for, view_state
 from fleetscope.web.settings import WebSettings
 
 UNAVAILABLE = ("unavailable", "timeout", "canceled")
@@ -148,30 +148,14 @@ def make_router(
     def state(request: Request, window: str, refresh: str) -> tuple[str, int] | Response:
         window = window or settings.default_window
         try:
-            window_ms = parse_duration(window)
+            return window, view_state(window, refresh)
         except ValueError as exc:
             return page_error(request, str(exc), 400)
-        if refresh not in REFRESH:
-            message = f"refresh must be one of {', '.join(REFRESH)}, not {refresh!r}"
-            return page_error(request, message, 400)
-        return window, window_ms
 
     def common(window: str, refresh: str, at_ms: int, base: str) -> dict[str, Any]:
-        def link(**change: str) -> str:
-            s = {"window": window, "refresh": refresh} | change
-            query = {k: v for k, v in s.items() if not (k == "refresh" and v == "off")}
-            return f"{base}?{urlencode(query)}"
-
-        return {
+        return nav_context(base, window, refresh, at_ms) | {
             "title": settings.title,
-            "window": window,
-            "windows": WINDOWS,
-            "refresh": refresh,
-            "refresh_choices": list(REFRESH),
-            "refresh_s": REFRESH[refresh],
-            "link": link,
             "node_url": lambda n: node_url(n, window=window, refresh=refresh),
-            "updated": view.utc(at_ms)[11:],
             "fmt": FORMAT,
             "utc": view.utc,
         }

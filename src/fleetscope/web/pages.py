@@ -6,7 +6,6 @@ View state lives in the query string (``window``, ``refresh``) so a view can be 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlencode
 
 import plotly
 from fastapi import APIRouter, Request
@@ -16,7 +15,7 @@ from fastapi.templating import Jinja2Templates
 from fleetscope.query import Engine
 from fleetscope.store import RecordStore
 from fleetscope.web import view
-from fleetscope.web.params import REFRESH, WINDOWS, parse_duration
+from fleetscope.web.params import nav_context, view_state
 from fleetscope.web.settings import WebSettings
 
 MAX_ROWS = 50  # job table rows shown
@@ -35,11 +34,9 @@ def make_router(
     def overview_page(request: Request, window: str = "", refresh: str = "off") -> Response:
         window = window or settings.default_window
         try:
-            window_ms = parse_duration(window)
+            window_ms = view_state(window, refresh)
         except ValueError as exc:
             return error(request, str(exc))
-        if refresh not in REFRESH:
-            return error(request, f"refresh must be one of {', '.join(REFRESH)}, not {refresh!r}")
         now_ms = int(settings.clock() * 1000)
         ov = view.build(
             engine,
@@ -49,23 +46,10 @@ def make_router(
             now_ms=now_ms,
             idle_threshold=settings.idle_threshold,
         )
-
-        def link(**change: str) -> str:
-            state = {"window": window, "refresh": refresh} | change
-            if state["refresh"] == "off":
-                del state["refresh"]
-            return "/?" + urlencode(state)
-
         context: dict[str, Any] = {
+            **nav_context("/", window, refresh, now_ms),
             "title": settings.title,
             "ov": ov,
-            "window": window,
-            "windows": WINDOWS,
-            "refresh": refresh,
-            "refresh_choices": list(REFRESH),
-            "refresh_s": REFRESH[refresh],
-            "link": link,
-            "updated": view.utc(now_ms)[11:],
             "charts": [{"id": c.id, "figure": c.figure} for c in ov.charts],
             "plotly_version": plotly.__version__,
             "max_rows": MAX_ROWS,

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlencode
+
 from fleetscope.config import parse_duration_ms
 
 WINDOWS = ("1h", "6h", "24h", "7d", "14d")  # the time-range picker
@@ -37,3 +41,36 @@ def bucket_for(window_ms: int) -> int:
     if window_ms <= 3_600_000:
         return 300_000
     return 3_600_000 if window_ms <= 86_400_000 else 86_400_000
+
+
+def view_state(window: str, refresh: str) -> int:
+    """Check a page's ``window`` and ``refresh`` parameters; the window in milliseconds.
+
+    Raises ``ValueError`` with a message for the page's error response.
+    """
+    window_ms = parse_duration(window)
+    if refresh not in REFRESH:
+        raise ValueError(f"refresh must be one of {', '.join(REFRESH)}, not {refresh!r}")
+    return window_ms
+
+
+def nav_context(path: str, window: str, refresh: str, at_ms: int) -> dict[str, Any]:
+    """What the pickers of ``_nav.html`` need: the window and refresh choices, ``link`` (this
+    page's URL with one of them changed; the default refresh is left out) and the update time."""
+
+    def link(**change: str) -> str:
+        state = {"window": window, "refresh": refresh} | change
+        query = {k: v for k, v in state.items() if not (k == "refresh" and v == "off")}
+        return f"{path}?{urlencode(query)}"
+
+    updated = datetime.fromtimestamp(at_ms / 1000, UTC).strftime("%H:%M:%S")
+    nav: dict[str, Any] = {
+        "window": window,
+        "windows": WINDOWS,
+        "refresh": refresh,
+        "refresh_choices": list(REFRESH),
+        "refresh_s": REFRESH[refresh],
+        "link": link,
+        "updated": updated,
+    }
+    return nav
