@@ -86,6 +86,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common import free_port, wait_http
+
 TARGET_CORE_PCT = 0.5  # % of one core at a 15 s interval
 TARGET_RSS_MIB = 80.0
 PROD_INTERVAL_S = 15.0
@@ -279,27 +281,6 @@ def _schedstat_s(pid: int) -> float | None:
     except (OSError, ValueError, IndexError):
         return None
     return total / 1e9
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_http(url: str, proc: subprocess.Popen[Any], timeout_s: float = 60) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer")
 
 
 @contextmanager

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from common import free_port, wait_http
 from fleetscope import remotewrite
 from fleetscope.ingest.validate import validate
 from fleetscope.store import SampleBatch
@@ -111,25 +111,6 @@ def build(gpus: int, metrics: int, samples: int, requests: int, clients: int) ->
         payloads.append(mine)
         sizes.append([n] * per_client)
     return Workload(payloads, sizes)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer")
 
 
 def push(url: str, work: Workload, headers: dict[str, str]) -> float:

@@ -48,7 +48,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -65,6 +64,7 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
+from common import free_port
 from fleetscope.analyze import overview as ov
 from fleetscope.query import Engine, QueryError, QueryResult
 from fleetscope.query.engine import Evaluator
@@ -283,12 +283,6 @@ def feed(
 
 
 # ---------------------------------------------------------------------------- services
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

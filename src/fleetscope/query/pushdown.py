@@ -32,13 +32,10 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from fleetscope.query.value import F64, I64, Bools
 from fleetscope.store import Buckets, Matcher, SupportsBuckets
 
 __all__ = ["PUSHED_DOWN", "BucketPlan", "over_time", "plan"]
-
-I64 = npt.NDArray[np.int64]
-F64 = npt.NDArray[np.float64]
-Bools = npt.NDArray[np.bool_]
 
 PUSHED_DOWN = frozenset(
     {"count_over_time", "sum_over_time", "avg_over_time", "min_over_time", "max_over_time",
