@@ -7,11 +7,7 @@ nodes (four GPUs each, mesh probes between all of them) written through the stor
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlencode
 
 import pytest
@@ -19,7 +15,6 @@ from playwright.sync_api import Page
 
 from fleetscope.store import SampleBatch
 from fleetscope.store.duckdb import DuckDBStore
-from fleetscope.web.app import WebSettings, create_app
 from fleetscope.web.auth import login_url
 
 pytestmark = pytest.mark.browser
@@ -56,21 +51,6 @@ def fill(store: DuckDBStore, now_ms: int) -> None:
                                   "pid": str(4000 + g), "job": "train-1", "user": "ana"},
                                  t, 30e9))  # fmt: skip
     store.append(SampleBatch.from_rows(rows))
-
-
-@pytest.fixture(scope="module")
-def server(
-    tmp_path_factory: pytest.TempPathFactory,
-    serve_app: Callable[[Any], AbstractContextManager[str]],
-) -> Iterator[tuple[str, str]]:
-    """A running server: (base URL, admin token)."""
-    store = DuckDBStore(":memory:")
-    fill(store, int(time.time() * 1000))
-    settings = WebSettings(data_dir=tmp_path_factory.mktemp("data"))
-    app = create_app(settings, store, store)
-    with serve_app(app) as url:
-        yield url, app.state.admin_token.value
-    store.close()
 
 
 def test_node_page_shows_the_gpu_table_and_the_mesh_matrix(

@@ -6,12 +6,8 @@ small deterministic fleet written through the store ports.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from playwright.sync_api import Page, expect
@@ -19,7 +15,6 @@ from playwright.sync_api import Page, expect
 from fleetscope.model import Job, JobState
 from fleetscope.store import SampleBatch
 from fleetscope.store.duckdb import DuckDBStore
-from fleetscope.web.app import WebSettings, create_app
 from fleetscope.web.auth import login_url
 
 pytestmark = pytest.mark.browser
@@ -71,21 +66,6 @@ def fill(store: DuckDBStore, now_ms: int) -> None:
         for i in range(4)
     ]  # fmt: skip
     store.upsert_jobs(jobs)
-
-
-@pytest.fixture(scope="module")
-def server(
-    tmp_path_factory: pytest.TempPathFactory,
-    serve_app: Callable[[Any], AbstractContextManager[str]],
-) -> Iterator[tuple[str, str]]:
-    """A running server: (base URL, admin token)."""
-    store = DuckDBStore(":memory:")
-    fill(store, int(time.time() * 1000))
-    settings = WebSettings(data_dir=tmp_path_factory.mktemp("data"))
-    app = create_app(settings, store, store)
-    with serve_app(app) as url:
-        yield url, app.state.admin_token.value
-    store.close()
 
 
 def test_overview_charts_hold_data_after_login(server: tuple[str, str], page: Page) -> None:
