@@ -43,7 +43,8 @@ def test_sweep_also_compacts_closed_blocks() -> None:
     untouched.append(batch)
     retention = Retention(swept, 30 * DAY, clock=lambda: 8 * hour / 1000)
     assert retention.sweep() == 0
-    # Newest sample at 7:45: blocks [0, 2h), [2h, 4h), [4h, 6h) end an hour or more before it.
-    assert untouched.compact() == 24
+    # Newest sample at 7:45: blocks (…, 0], (0, 2h], (2h, 4h], (4h, 6h] end an hour or more
+    # before it.
+    assert untouched.compact() == 25
     assert swept.compact() == 0  # the sweep did it
     assert swept.stats().samples == 32

@@ -219,6 +219,13 @@ class Buckets:
     there is none, ``has_edge`` False): a window ``[t - range, t]`` closed at both ends is the
     buckets right of ``t - range`` plus that edge sample of the bucket ending at ``t - range``.
     Series are sorted by label set, as :meth:`MetricStore.select` sorts them.
+
+    The ``counter`` aggregate (what ``rate`` and ``increase`` read) adds ``first_t`` and
+    ``first`` (time and value of the oldest sample of the bucket), ``last_t`` (time of the newest,
+    whose value is ``last``) and ``increase``: the sum over consecutive samples of the bucket of
+    ``v - previous``, or ``v`` where ``v < previous`` (a counter reset), 0 for one sample.
+    Empty buckets hold 0 in ``first_t``/``last_t`` and NaN in the floats; without ``counter``
+    the four are ``None``.
     """
 
     labels: list[dict[str, str]]
@@ -229,10 +236,18 @@ class Buckets:
     last: npt.NDArray[np.float64]
     edge: npt.NDArray[np.float64]
     has_edge: npt.NDArray[np.bool_]
+    first_t: npt.NDArray[np.int64] | None = None
+    first: npt.NDArray[np.float64] | None = None
+    last_t: npt.NDArray[np.int64] | None = None
+    increase: npt.NDArray[np.float64] | None = None
 
 
 BUCKET_AGGREGATES = ("sum", "min", "max", "last")
-"""The optional aggregates of :class:`Buckets` (``count``, ``edge`` and ``has_edge`` always)."""
+"""The optional aggregates of :class:`Buckets` computed by default (``count``, ``edge`` and
+``has_edge`` always)."""
+COUNTER_AGGREGATE = "counter"
+"""The aggregate of :class:`Buckets` that ``rate``/``increase`` read (with ``last``); only on
+request, and a store may answer ``None`` when it cannot compute it cheaply."""
 
 
 class SupportsBuckets(Protocol):
@@ -248,7 +263,8 @@ class SupportsBuckets(Protocol):
     ) -> Buckets | None:
         """:class:`Buckets` of the matching series over ``[base_ms, base_ms + (n-1)·width_ms]``,
         or ``None`` when a series there holds a NaN that is not a staleness marker (the
-        aggregates could not follow Prometheus' NaN rules: the caller reads the samples).
+        aggregates could not follow Prometheus' NaN rules: the caller reads the samples), or
+        when :data:`COUNTER_AGGREGATE` is asked for and the store cannot compute it cheaply.
         Only the ``aggregates`` named are computed; the other float arrays are all NaN."""
         ...
 

@@ -56,7 +56,9 @@ import pyarrow as pa
 from fleetscope.model import Event, Job, JobState
 from fleetscope.store import (
     BUCKET_AGGREGATES,
+    COUNTER_AGGREGATE,
     METRIC_NAME,
+    STALE_NAN,
     STALE_NAN_BITS,
     Appender,
     AppendResult,
@@ -68,6 +70,7 @@ from fleetscope.store import (
     SelectHints,
     Series,
     StoreStats,
+    cells,
     matches_all,
 )
 
@@ -86,6 +89,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     pending_reason VARCHAR, restarts INTEGER, image VARCHAR, source VARCHAR);
 CREATE TABLE IF NOT EXISTS events (time_ms BIGINT NOT NULL, kind VARCHAR NOT NULL,
                                    subject VARCHAR NOT NULL, attrs VARCHAR);
+CREATE TABLE IF NOT EXISTS store_meta (key VARCHAR NOT NULL, value BIGINT NOT NULL);
 """
 
 _SAMPLES_SCHEMA = pa.schema([("series_id", pa.int32()), ("t", pa.int64()), ("v", pa.float64())])
@@ -144,6 +148,70 @@ def _empty_buckets(
     )
 
 
+def _fold_parts(parts: dict[str, Any]) -> dict[str, Any]:
+    """Combine the parts of each (series, bucket) (raw samples before, cells, raw after:
+    never overlapping in time) into one row: counts and sums add, the oldest part gives
+    ``first``, the newest ``last``, and the increase adds each part's own plus the step from
+    one part's last value to the next one's first (``v - previous``, or ``v`` after a reset).
+    Empty parts (only NaNs) count for ``nans``/``bad`` alone."""
+
+    def floats(name: str) -> npt.NDArray[np.float64]:
+        column = parts[name]
+        out = np.ma.getdata(column).astype(np.float64)
+        out[np.ma.getmaskarray(column)] = np.nan
+        return out
+
+    n = np.asarray(parts["n"], np.int64)
+    full = n > 0
+    first_t = np.where(full, np.ma.getdata(parts["first_t"]), 0).astype(np.int64)
+    last_t = np.where(full, np.ma.getdata(parts["last_t"]), 0).astype(np.int64)
+    sid, b = np.asarray(parts["series_id"], np.int64), np.asarray(parts["b"], np.int64)
+    order = np.lexsort((first_t, full, b, sid))  # per group: empty parts, then by time
+    sid, b, n, full = sid[order], b[order], n[order], full[order]
+    first_t, last_t = first_t[order], last_t[order]
+    f = {name: floats(name)[order] for name in ("s", "lo", "hi", "last", "edge", "first", "inc")}
+    if len(sid) == 0:
+        return (
+            {k: np.empty(0) for k in ("series_id", "b", "n", "bad", "nans")}
+            | {k: np.empty(0) for k in ("s", "lo", "hi", "last", "edge", "first", "inc")}
+            | {"first_t": np.empty(0, np.int64), "last_t": np.empty(0, np.int64)}
+        )
+    starts = np.flatnonzero(np.concatenate(([True], (sid[1:] != sid[:-1]) | (b[1:] != b[:-1]))))
+    ends = np.append(starts[1:], len(sid)) - 1
+    empties = np.add.reduceat((~full).astype(np.int64), starts)
+    head = np.minimum(starts + empties, ends)  # the group's oldest non-empty part
+    prev_full = np.concatenate(([False], full[:-1])) & full
+    prev_full[starts] = False
+    prev_last = np.concatenate(([0.0], f["last"][:-1]))
+    with np.errstate(all="ignore"):
+        step = np.where(f["first"] >= prev_last, f["first"] - prev_last, f["first"])
+        step = np.where(prev_full, step, 0.0)
+        inc = np.add.reduceat(np.where(full, f["inc"] + step, 0.0), starts)
+        total = np.add.reduceat(np.where(full, f["s"], 0.0), starts)
+    count = np.add.reduceat(n, starts)
+    some = count > 0
+
+    def masked(x: npt.NDArray[np.float64], keep: npt.NDArray[np.bool_]) -> Any:
+        return np.ma.masked_array(x, mask=~keep)
+
+    return {
+        "series_id": sid[starts],
+        "b": b[starts],
+        "n": count,
+        "s": masked(total, some),
+        "lo": masked(np.fmin.reduceat(f["lo"], starts), some),
+        "hi": masked(np.fmax.reduceat(f["hi"], starts), some),
+        "last": masked(f["last"][ends], some),
+        "edge": np.ma.masked_invalid(np.fmax.reduceat(f["edge"], starts)),
+        "first": masked(f["first"][head], some),
+        "inc": masked(inc, some),
+        "first_t": np.where(some, first_t[head], 0),
+        "last_t": np.where(some, last_t[ends], 0),
+        "nans": np.asarray(parts["nans"], np.int64),
+        "bad": np.asarray(parts["bad"], np.int64),
+    }
+
+
 def _key(labels: Mapping[str, str]) -> str:
     return json.dumps(sorted(labels.items()), separators=(",", ":"))
 
@@ -185,15 +253,19 @@ class DuckDBStore:
         block_ms: int = BLOCK_MS,
         head_keep_ms: int = HEAD_KEEP_MS,
         merge_spans_ms: Sequence[int] = MERGE_SPANS_MS,
+        cell_ms: int = cells.CELL_MS,
     ) -> None:
         self.path = str(path)
         self.block_ms = block_ms
         self.head_keep_ms = head_keep_ms
         self.merge_spans_ms = tuple(merge_spans_ms)
+        # cells (store/cells.py) need whole cells in every block; 0: no cells
+        self.cell_ms = cell_ms if cell_ms > 0 and block_ms % cell_ms == 0 else 0
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._con = duckdb.connect(self.path)
         self._con.execute(_SCHEMA)
+        self._con.execute(cells.SCHEMA)
         self._lock = threading.Lock()
         self._labels: list[dict[str, str]] = []
         self._ids: dict[str, int] = {}
@@ -225,6 +297,7 @@ class DuckDBStore:
         self._blocks_max_t = _NO_HEAD if row is None or row[0] is None else int(row[0])
         row = self._con.execute("SELECT max(run) FROM blocks").fetchone()
         self._next_run = 0 if row is None or row[0] is None else int(row[0]) + 1
+        self._load_cells()
         heads = self._con.execute(
             "SELECT series_id, max(t) AS t, arg_max(v, t) AS v FROM "
             + _ALL_SAMPLES.format(where_blocks="true", where="true")
@@ -235,6 +308,47 @@ class DuckDBStore:
             ids = heads["series_id"].astype(np.int64)
             self._head[ids] = heads["t"]
             self._latest.update(len(self._labels), ids, heads["t"], heads["v"])
+
+    def _load_cells(self) -> None:
+        """Whether the cells are complete for :attr:`cell_ms` (else :meth:`compact` builds
+        them: a store written before cells existed, or with another width), the oldest time
+        they may cover, and whether the head holds samples older than the blocks' end."""
+        con = self._con
+        recorded = dict(con.execute("SELECT key, value FROM store_meta").fetchall())
+        wanted = {"cell_ms": self.cell_ms, "cells_version": cells.VERSION}
+        row = con.execute("SELECT min(t) FROM blocks").fetchone()
+        oldest = None if row is None or row[0] is None else int(row[0])
+        ready = all(recorded.get(k) == v for k, v in wanted.items())
+        if not ready:  # another width or layout: start over (an empty table is complete)
+            con.execute("BEGIN TRANSACTION")
+            con.execute("DROP TABLE cells")
+            con.execute(cells.SCHEMA)
+            if oldest is None or not self.cell_ms:
+                self._record_cells(con)
+                ready = True
+            con.execute("COMMIT")
+        self._cells_ready = bool(self.cell_ms) and ready
+        # every sample after this is still stored (retention deletes older ones only)
+        self._cells_lo = _NO_HEAD if oldest is None else oldest
+        row = con.execute(
+            "SELECT count(*) FROM samples WHERE t <= ?", [self._blocks_max_t]
+        ).fetchone()
+        self._late = bool(row and row[0])  # samples in the head that cells cannot know of
+
+    def _counter_keys(self) -> list[int]:
+        """Metric keys of the metrics whose cells keep counter columns."""
+        return [ids[0] for name, ids in self._by_name.items() if cells.is_counter(name)]
+
+    def _cell_span(self, mint: int, maxt: int) -> tuple[int, int] | None:
+        """The cells ``c_lo … c_hi`` that hold every sample of their ``((c-1)·W, c·W]`` and
+        lie inside ``[mint, maxt]``; ``None`` when none can be used now."""
+        w = self.cell_ms
+        if not w or not self._cells_ready or self._late:
+            return None
+        lo = max(self._cells_lo, mint)
+        c_lo = -(-(lo - 1) // w) + 1  # (c-1)·W + 1 >= lo
+        c_hi = min(self._blocks_max_t, maxt) // w
+        return (c_lo, c_hi) if c_lo <= c_hi else None
 
     def _register(self, labels: dict[str, str], key: str) -> int:
         sid = len(self._labels)
@@ -258,6 +372,7 @@ class DuckDBStore:
         mint: int,
         maxt: int,
         run: Callable[[duckdb.DuckDBPyConnection, str], _T],
+        blocks_also: str = "",
     ) -> _T:
         """``run(cursor, rows)`` where ``rows`` is a subquery of the samples of ``ids``
         (sorted) in ``[mint, maxt]``: from both tables, or from the head alone when no block
@@ -270,21 +385,28 @@ class DuckDBStore:
         try:
             cur.register("wanted", pa.table({"id": pa.array(ids, pa.int32())}))
             bound = self._blocks_max_t
-            result = run(cur, self._rows(ids, mint, maxt, head_only=mint > bound))
+            result = run(cur, self._rows(ids, mint, maxt, head_only=mint > bound,
+                                         blocks_also=blocks_also))  # fmt: skip
             if mint > bound and self._blocks_max_t != bound:
-                result = run(cur, self._rows(ids, mint, maxt, head_only=False))
+                result = run(cur, self._rows(ids, mint, maxt, head_only=False,
+                                             blocks_also=blocks_also))  # fmt: skip
             return result
         finally:
             cur.close()
 
-    def _rows(self, ids: list[int], mint: int, maxt: int, *, head_only: bool) -> str:
+    def _rows(
+        self, ids: list[int], mint: int, maxt: int, *, head_only: bool, blocks_also: str = ""
+    ) -> str:
+        """The rows of ``ids`` in ``[mint, maxt]``; ``blocks_also``: one more condition on
+        the ``blocks`` side (leaving out the samples that cells stand for)."""
         where_blocks, where = self._where(ids)
         within = f"t BETWEEN {int(mint)} AND {int(maxt)} AND series_id IN (SELECT id FROM wanted)"
         head = f"SELECT series_id, t, v FROM samples WHERE {where} AND {within}"
         if head_only:
             return f"({head})"
+        also = f" AND {blocks_also}" if blocks_also else ""
         return (
-            f"(SELECT series_id, t, v FROM blocks WHERE {where_blocks} AND {within} "
+            f"(SELECT series_id, t, v FROM blocks WHERE {where_blocks} AND {within}{also} "
             f"UNION ALL {head})"
         )
 
@@ -296,6 +418,14 @@ class DuckDBStore:
         if len(keys) <= 16:
             return f"metric_key IN ({','.join(map(str, keys))}) AND {span}", span
         return span, span
+
+    def _cells_where(self, ids: Sequence[int], span: tuple[int, int]) -> str:
+        """The cells of ``ids`` (sorted, registered as ``wanted``) numbered ``span``."""
+        keys, _ = self._where(ids)
+        return (
+            f"{keys} AND series_id IN (SELECT id FROM wanted) "
+            f"AND c BETWEEN {int(span[0])} AND {int(span[1])}"
+        )
 
     def _match(self, matchers: Sequence[Matcher]) -> list[int]:
         """Ids of series matching every matcher (a ``__name__ =`` matcher narrows first)."""
@@ -504,6 +634,8 @@ class DuckDBStore:
         if not stage.pending:
             return
         pending, results = list(stage.pending), list(stage.results)
+        if any(len(t) and int(t.min()) <= self._blocks_max_t for t in stage.t):
+            self._late = True  # before the commit: no read may use cells that miss these
         try:
             self._write(stage)
         except BaseException as e:
@@ -596,8 +728,24 @@ class DuckDBStore:
                 out.sort(key=lambda x: sorted(x.labels.items()))
                 return out
         thin = hints is not None and hints.step_ms > 0 and hints.func is None
+        w = self.cell_ms
+        span = None
+        if thin and hints is not None and w and hints.start_ms % w == hints.step_ms % w == 0:
+            span = self._cell_span(mint_ms, maxt_ms)  # each cell inside one step bucket
+        blocks_also = ""
+        if span is not None:  # cells stand for their samples: each gives its newest one
+            blocks_also = f"NOT (t BETWEEN {(span[0] - 1) * w + 1} AND {span[1] * w})"
 
         def run(cur: duckdb.DuckDBPyConnection, rows: str) -> dict[str, Any]:
+            if span is not None:
+                # a marker's bits do not survive SQL's NaN constants: flagged, set below
+                rows = (
+                    f"(SELECT *, false AS marker FROM {rows} UNION ALL SELECT series_id, "
+                    f"(c::BIGINT - 1) * {w} + coalesce(top_dt, last_dt) AS t, "
+                    "CASE WHEN top_dt IS NULL THEN last_v ELSE 'NaN'::DOUBLE END AS v, "
+                    "top_dt IS NOT NULL AND NOT top_real AS marker FROM cells "
+                    f"WHERE {self._cells_where(ids, span)})"
+                )
             if one_instant:  # the newest sample of each series in the window
                 sql = f"SELECT series_id, max(t) AS t, arg_max(v, t) AS v FROM {rows} GROUP BY 1"
                 return cur.execute(sql + " ORDER BY 1").fetchnumpy()
@@ -605,17 +753,20 @@ class DuckDBStore:
                 # Keep the newest sample per step bucket: exactly what instant selectors
                 # read (SelectHints). Bucket k > 0 holds the samples in
                 # (start + (k-1)*step, start + k*step]; bucket 0 those at or before start.
+                marker = ", arg_max(marker, t) AS marker" if span is not None else ""
                 sql = (
-                    f"SELECT series_id, max(t) AS t, arg_max(v, t) AS v FROM {rows} "
+                    f"SELECT series_id, max(t) AS t, arg_max(v, t) AS v{marker} FROM {rows} "
                     "GROUP BY series_id, greatest(ceil((t - ?) / ?), 0) ORDER BY 1, 2"
                 )
                 return cur.execute(sql, [hints.start_ms, hints.step_ms]).fetchnumpy()
             return cur.execute(f"SELECT series_id, t, v FROM {rows} ORDER BY 1, 2").fetchnumpy()
 
-        cols = self._read(ids, mint_ms, maxt_ms, run)
+        cols = self._read(ids, mint_ms, maxt_ms, run, blocks_also)
         sids = np.asarray(cols["series_id"], np.int64)
         ts = np.asarray(cols["t"], np.int64)
         vs = np.asarray(cols["v"], np.float64)
+        if "marker" in cols:
+            vs = np.where(np.asarray(cols["marker"], np.bool_), STALE_NAN, vs)
         if len(sids) == 0:
             return []
         starts = np.flatnonzero(np.concatenate(([True], sids[1:] != sids[:-1])))
@@ -636,47 +787,116 @@ class DuckDBStore:
         aggregates: Collection[str] = BUCKET_AGGREGATES,
     ) -> Buckets | None:
         """Per-bucket aggregates in SQL (:class:`~fleetscope.store.SupportsBuckets`): one
-        ``GROUP BY (series, bucket)`` over the rows of the range instead of every sample."""
+        ``GROUP BY (series, bucket)`` over the rows of the range instead of every sample, and
+        over the cells (store/cells.py) of the compacted part wherever a cell lies inside one
+        bucket: then only the ragged ends of buckets and the head are read sample by sample.
+
+        The counter aggregate needs buckets made of whole cells (``base_ms`` and ``width_ms``
+        multiples of :attr:`cell_ms`): else ``None``, the caller reads samples."""
         ids = sorted(self._match(matchers))
         if not ids or n <= 0 or width_ms <= 0:
             return Buckets([], *_empty_buckets(0, max(n, 0)))
         maxt = base_ms + (n - 1) * width_ms
-        unknown = set(aggregates) - set(BUCKET_AGGREGATES)
+        unknown = set(aggregates) - {*BUCKET_AGGREGATES, COUNTER_AGGREGATE}
         if unknown:
             raise ValueError(f"unknown bucket aggregates {sorted(unknown)}")
-        aggregates_sql = {
-            {"sum": "s", "min": "lo", "max": "hi", "last": "last"}[a] for a in aggregates
-        }
+        counter = COUNTER_AGGREGATE in aggregates
+        w, base, width = self.cell_ms, int(base_ms), int(width_ms)
+        aligned = bool(w) and base % w == 0 and width % w == 0
+        # cells keep no minima and maxima (store/cells.py)
+        wide = bool(w) and width >= w and not {"min", "max"} & set(aggregates)
+        span = self._cell_span(base, maxt) if wide else None
+        if counter and (span is None or not aligned):
+            return None
+        wanted = {"sum": "s", "min": "lo", "max": "hi", "last": "last"}
+        aggregates_sql = {wanted[a] for a in aggregates if a in wanted} | (
+            {"last"} if counter else set()
+        )
         ok = "FILTER (WHERE NOT isnan(v))"
-        at_edge = f"t = {int(base_ms)} + b * {int(width_ms)} AND NOT isnan(v)"
-
-        def run(cur: duckdb.DuckDBPyConnection, rows: str) -> dict[str, Any] | None:
-            wanted = {
+        bucket = f"(t - {base} + {width - 1}) // {width}"
+        blocks_also = ""
+        cells_part = ""
+        if span is not None:
+            cell_b = f"(c::BIGINT * {w} - {base} + {width - 1}) // {width}"
+            cell_start = f"(c::BIGINT - 1) * {w}"
+            if aligned:  # every cell lies inside one bucket
+                inside = "true"
+                blocks_also = f"NOT (t BETWEEN {(span[0] - 1) * w + 1} AND {span[1] * w})"
+            else:  # the cells inside a bucket stand for their samples; the others are read
+                inside = f"{cell_start} >= {base} + ({cell_b} - 1) * {width}"
+                rc = f"((t + {w - 1}) // {w})"
+                rb = f"(({rc} * {w} - {base} + {width - 1}) // {width})"
+                blocks_also = (
+                    f"NOT ({rc} BETWEEN {span[0]} AND {span[1]} "
+                    f"AND ({rc} - 1) * {w} >= {base} + ({rb} - 1) * {width})"
+                )
+            counter_cols = (
+                f", {cell_start} + first_dt AS first_t, first_v AS first, inc" if counter else ""
+            )
+            cells_part = (
+                f" UNION ALL SELECT series_id, {cell_b} AS b, 0 AS side, n, s, NULL::DOUBLE AS lo, "
+                "NULL::DOUBLE AS hi, "
+                f"last_v AS last, {cell_start} + last_dt AS last_t, CASE WHEN {cell_start} + "
+                f"last_dt = {base} + {cell_b} * {width} THEN last_v END AS edge, 0 AS nans, "
+                f"bad{counter_cols} FROM cells WHERE {self._cells_where(ids, span)} AND {inside}"
+            )
+        computed = "".join(
+            f"{expr if name in aggregates_sql else 'NULL::DOUBLE'} AS {name}, "
+            for name, expr in {
                 "s": f"sum(v) {ok}",
                 "lo": f"min(v) {ok}",
                 "hi": f"max(v) {ok}",
                 "last": f"arg_max(v, t) {ok}",
-            }
-            computed = "".join(
-                f"{expr if name in aggregates_sql else 'NULL::DOUBLE'} AS {name}, "
-                for name, expr in wanted.items()
+            }.items()
+        )
+        at_edge = f"t = {base} + b * {width} AND NOT isnan(v)"
+        # raw rows on either side of the cells are parts of their own (side), so that the
+        # parts of a bucket never overlap in time (the counter fold below needs that)
+        side = f"(t > {span[1] * w})::INTEGER" if span is not None else "0"
+
+        def run(cur: duckdb.DuckDBPyConnection, rows: str) -> dict[str, Any] | None:
+            if counter:
+                raw = (
+                    f"SELECT series_id, t, v, b, side, CASE WHEN p IS NULL OR isnan(v) THEN "
+                    "NULL WHEN v >= p THEN v - p ELSE v END AS d FROM (SELECT series_id, t, v, "
+                    f"b, side, lag(CASE WHEN isnan(v) THEN NULL ELSE v END IGNORE NULLS) OVER "
+                    f"(PARTITION BY series_id, b, side ORDER BY t) AS p FROM (SELECT series_id, "
+                    f"t, v, {bucket} AS b, {side} AS side FROM {rows}))"
+                )
+                counter_cols = (
+                    f", min(t) {ok} AS first_t, arg_min(v, t) {ok} AS first, "
+                    f"CASE WHEN count(v) {ok} > 0 THEN coalesce(sum(d), 0) END AS inc"
+                )
+            else:
+                raw = f"SELECT series_id, t, v, {bucket} AS b, {side} AS side FROM {rows}"
+                counter_cols = ""
+            parts = (
+                f"SELECT series_id, b, side, count(v) {ok} AS n, {computed}"
+                f"max(t) {ok} AS last_t, max(v) FILTER (WHERE {at_edge}) AS edge, "
+                f"count(*) FILTER (WHERE isnan(v)) AS nans, 0 AS bad{counter_cols} "
+                f"FROM ({raw}) GROUP BY series_id, b, side{cells_part}"
             )
-            cols = cur.execute(
-                f"SELECT series_id, b, count(v) {ok} AS n, {computed}"
-                f"max(v) FILTER (WHERE {at_edge}) AS edge, "
-                "count(*) FILTER (WHERE isnan(v)) AS nans FROM "
-                f"(SELECT series_id, t, v, (t - {int(base_ms)} + {int(width_ms) - 1}) "
-                f"// {int(width_ms)} AS b FROM {rows}) GROUP BY series_id, b"
-            ).fetchnumpy()
+            if counter:
+                cols: dict[str, Any] = _fold_parts(cur.execute(parts).fetchnumpy())
+            else:
+                cols = cur.execute(
+                    "SELECT series_id, b, sum(n) AS n, sum(s) AS s, min(lo) AS lo, "
+                    "max(hi) AS hi, arg_max(last, last_t) AS last, max(edge) AS edge, "
+                    f"sum(nans) AS nans, sum(bad) AS bad FROM ({parts}) GROUP BY series_id, b"
+                ).fetchnumpy()
+            if int(np.asarray(cols["bad"]).sum()):
+                return None  # a real NaN in a cell
             if int(np.asarray(cols["nans"]).sum()):
                 nans = cur.execute(f"SELECT v FROM {rows} WHERE isnan(v)").fetchnumpy()["v"]
                 if (np.asarray(nans, np.float64).view(np.int64) != STALE_NAN_BITS).any():
                     return None  # a real NaN: the caller applies Prometheus' rules to samples
             return cols
 
-        found = self._read(ids, base_ms, maxt, run)
+        found = self._read(ids, base, maxt, run, blocks_also)
         if found is None:
             return None
+        if counter and self._late:
+            return None  # a straggler arrived during the read: its parts may overlap cells
         cols = found
         sids = np.asarray(cols["series_id"], np.int64)
         present = np.unique(sids)
@@ -687,13 +907,25 @@ class DuckDBStore:
         out = _empty_buckets(len(present), n)
         count, total, lo, hi, last, edge, has_edge = out
         count[r, b] = np.asarray(cols["n"], np.int64)
-        for array, name in ((total, "s"), (lo, "lo"), (hi, "hi"), (last, "last"), (edge, "edge")):
+        named = [(total, "s"), (lo, "lo"), (hi, "hi"), (last, "last"), (edge, "edge")]
+        extra: dict[str, Any] = {}
+        if counter:
+            extra = {
+                "first_t": np.zeros((len(present), n), np.int64),
+                "last_t": np.zeros((len(present), n), np.int64),
+                "first": np.full((len(present), n), np.nan),
+                "increase": np.full((len(present), n), np.nan),
+            }
+            extra["first_t"][r, b] = cols["first_t"]
+            extra["last_t"][r, b] = cols["last_t"]
+            named += [(extra["first"], "first"), (extra["increase"], "inc")]
+        for array, name in named:
             column = cols[name]
             array[r, b] = np.ma.getdata(column).astype(np.float64)
             array[r[np.ma.getmaskarray(column)], b[np.ma.getmaskarray(column)]] = np.nan
         has_edge[r, b] = ~np.ma.getmaskarray(cols["edge"])
         labels = [dict(self._labels[int(present[i])]) for i in order]
-        return Buckets(labels, count, total, lo, hi, last, edge, has_edge)
+        return Buckets(labels, count, total, lo, hi, last, edge, has_edge, **extra)
 
     def series(
         self, matchers: Sequence[Matcher], mint_ms: int | None = None, maxt_ms: int | None = None
@@ -733,25 +965,33 @@ class DuckDBStore:
             for table in ("blocks", "samples"):
                 row = self._con.execute(f"DELETE FROM {table} WHERE t < ?", [t_ms]).fetchone()
                 deleted += int(row[0]) if row else 0
+            if self.cell_ms:  # every cell that may have lost a sample
+                self._con.execute(
+                    f"DELETE FROM cells WHERE (c::BIGINT - 1) * {self.cell_ms} + 1 < ?", [t_ms]
+                )
+                self._cells_lo = max(self._cells_lo, t_ms)
         return deleted
 
     def compact(self, max_blocks: int | None = None) -> int:
         """Move closed blocks from the head table into sorted runs; the samples moved.
 
-        A block ``[k·block_ms, (k+1)·block_ms)`` (default :data:`BLOCK_MS`) is closed once the
-        newest stored sample is ``head_keep_ms`` (:data:`HEAD_KEEP_MS`) past its end. Each
-        block is one transaction under the write lock (appends wait for it, about a second per
-        million samples here), oldest first, so a large backlog (a backfill) is moved a block
-        at a time while appends go on in between. Samples older than the block (a new series
-        sent with old timestamps) join its run. Then :meth:`merge_runs` (unless ``max_blocks``
-        bounds the work of this call). Safe to call at any time and from any thread.
+        A block ``(k·block_ms, (k+1)·block_ms]`` (default :data:`BLOCK_MS`; closed on the right,
+        like the cells and the evaluator's buckets) is closed once the newest stored sample is
+        ``head_keep_ms`` (:data:`HEAD_KEEP_MS`) past its end. Each block is one transaction
+        under the write lock (appends wait for it, about a second per million samples here),
+        oldest first, so a large backlog (a backfill) is moved a block at a time while appends
+        go on in between; the block's cells are written in the same transaction. Samples older
+        than the block (a new series sent with old timestamps) join its run. Then the cells of
+        a store that has none yet (:meth:`build_cells`) and :meth:`merge_runs` (unless
+        ``max_blocks`` bounds the work of this call). Safe to call at any time and from any
+        thread.
         """
         moved = 0
         done = 0
         with self._lock:
             row = self._con.execute("SELECT min(t) FROM samples").fetchone()
         if row is not None and row[0] is not None:
-            end = (int(row[0]) // self.block_ms + 1) * self.block_ms
+            end = -(-int(row[0]) // self.block_ms) * self.block_ms
             while max_blocks is None or done < max_blocks:
                 with self._lock:
                     newest = int(self._head.max()) if len(self._head) else _NO_HEAD
@@ -761,8 +1001,49 @@ class DuckDBStore:
                 end += self.block_ms
                 done += 1
         if max_blocks is None:
+            self.build_cells()
             self.merge_runs()
         return moved
+
+    def build_cells(self) -> bool:
+        """Write the cells of every stored block when the store has none for :attr:`cell_ms`
+        (its data predates cells, or the width changed): one day of samples per transaction,
+        holding the write lock throughout (appends wait; about a minute per hundred million
+        samples here). Whether it built them."""
+        if not self.cell_ms or self._cells_ready:
+            return False
+        w, day = self.cell_ms, 86_400_000 // self.cell_ms * self.cell_ms
+        with self._lock:
+            con = self._con
+            con.execute("DELETE FROM cells")
+            row = con.execute("SELECT min(t), max(t) FROM blocks").fetchone()
+            if row is not None and row[0] is not None:
+                lo = (int(row[0]) - 1) // w * w  # slices ((k-1)·day, k·day] of whole cells
+                while lo < int(row[1]):
+                    hi = lo + day
+                    con.execute("BEGIN TRANSACTION")
+                    try:
+                        source = (
+                            "(SELECT metric_key, series_id, t, v FROM blocks "
+                            f"WHERE t > {lo} AND t <= {hi})"
+                        )
+                        cells.build(con, w, source, self._counter_keys())
+                        con.execute("COMMIT")
+                    except BaseException:
+                        con.execute("ROLLBACK")
+                        raise
+                    lo = hi
+            self._record_cells(con)
+            self._cells_ready = True
+        return True
+
+    def _record_cells(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Note in the file that ``cells`` is complete for this width and layout."""
+        con.execute("DELETE FROM store_meta WHERE key IN ('cell_ms', 'cells_version')")
+        con.execute(
+            "INSERT INTO store_meta VALUES ('cell_ms', ?), ('cells_version', ?)",
+            [self.cell_ms, cells.VERSION],
+        )
 
     def merge_runs(self) -> int:
         """Merge the runs of every closed span of :attr:`merge_spans_ms` (days, then weeks)
@@ -830,26 +1111,31 @@ class DuckDBStore:
         return [(int(r[0]), int(r[1]), int(r[2]), int(r[3])) for r in rows]
 
     def _move_block(self, end_ms: int) -> int:
-        """Move every head sample older than ``end_ms`` into one sorted run (holding the lock)."""
+        """Move every head sample up to ``end_ms`` into one sorted run, and write its cells
+        (holding the lock)."""
         keys = self._keys[: len(self._labels)].astype(np.int32)
         metric_keys = pa.table(
             {"id": pa.array(np.arange(len(keys), dtype=np.int32)), "key": pa.array(keys)}
         )
         con = self._con
+        run = self._next_run
         con.execute("BEGIN TRANSACTION")
         try:
             con.register("metric_keys", metric_keys)
             con.execute(
-                f"INSERT INTO blocks SELECT {self._next_run}, k.key, s.series_id, s.t, s.v "
-                "FROM samples s JOIN metric_keys k ON s.series_id = k.id WHERE s.t < ? "
+                f"INSERT INTO blocks SELECT {run}, k.key, s.series_id, s.t, s.v "
+                "FROM samples s JOIN metric_keys k ON s.series_id = k.id WHERE s.t <= ? "
                 "ORDER BY 2, 3, 4",
                 [end_ms],
             )
             self._next_run += 1
-            row = con.execute("DELETE FROM samples WHERE t < ?", [end_ms]).fetchone()
+            if self._cells_ready:
+                self._build_block_cells(run, end_ms)
+            row = con.execute("DELETE FROM samples WHERE t <= ?", [end_ms]).fetchone()
             # Raised before the commit: a read that sees the moved rows gone from the head
             # also sees this bound (see _rows), so it reads the blocks.
-            self._blocks_max_t = max(self._blocks_max_t, end_ms - 1)
+            self._blocks_max_t = max(self._blocks_max_t, end_ms)
+            self._late = False  # every head sample up to the bound was just moved
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
@@ -857,6 +1143,35 @@ class DuckDBStore:
         finally:
             con.unregister("metric_keys")
         return int(row[0]) if row else 0
+
+    def _build_block_cells(self, run: int, end_ms: int) -> None:
+        """The cells of block ``run`` ending at ``end_ms`` (in the caller's transaction). The
+        block's own span is whole new cells; an older sample in it (a straggler) falls into a
+        cell that may exist already: those cells are built again from every run."""
+        con, w, keys = self._con, self.cell_ms, self._counter_keys()
+        start = end_ms - self.block_ms
+        row = con.execute(f"SELECT min(t) FROM blocks WHERE run = {run}").fetchone()
+        if row is not None and row[0] is not None and int(row[0]) <= start:
+            con.execute(
+                "CREATE OR REPLACE TEMP TABLE straggler_cells AS SELECT DISTINCT series_id, "
+                f"(t + {w - 1}) // {w} AS c FROM blocks WHERE run = {run} AND t <= {start}"
+            )
+            con.execute(
+                "DELETE FROM cells USING straggler_cells s "
+                "WHERE cells.series_id = s.series_id AND cells.c = s.c"
+            )
+            cells.build(
+                con,
+                w,
+                "(SELECT b.metric_key, b.series_id, b.t, b.v FROM blocks b JOIN straggler_cells "
+                f"s ON b.series_id = s.series_id AND (b.t + {w - 1}) // {w} = s.c)",
+                keys,
+            )
+            con.execute("DROP TABLE straggler_cells")
+        source = (
+            f"(SELECT metric_key, series_id, t, v FROM blocks WHERE run = {run} AND t > {start})"
+        )
+        cells.build(con, w, source, keys)
 
     def stats(self) -> StoreStats:
         cur = self._con.cursor()

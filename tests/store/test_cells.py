@@ -1,0 +1,235 @@
+"""Cells (store/cells.py) change no answer: bucket reads and thin selects over cells equal
+the same reads over samples, through stragglers, retention, restarts and an upgrade."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fleetscope.store import (
+    BUCKET_AGGREGATES,
+    COUNTER_AGGREGATE,
+    STALE_NAN,
+    Buckets,
+    Matcher,
+    SampleBatch,
+    SelectHints,
+    Series,
+)
+from fleetscope.store.duckdb import DuckDBStore
+
+S = 1000
+MIN = 60 * S
+W = 5 * MIN
+EVERYTHING = [Matcher("__name__", "=~", ".+")]
+
+
+def _history(rng: np.random.Generator, hours: int = 6) -> list[tuple[dict[str, str], int, float]]:
+    """Gauges and counters at 15 s: on the grid (samples on cell edges) and jittered, with
+    resets, gaps, staleness markers and infinities."""
+    rows: list[tuple[dict[str, str], int, float]] = []
+    for g in range(6):
+        counter = g >= 3
+        name = "fleet_gpu_energy_joules_total" if counter else "fleet_gpu_power_watts"
+        labels = {"__name__": name, "gpu": str(g)}
+        value = 0.0
+        for t in range(0, hours * 60 * MIN + 1, 15 * S):
+            jitter = 0 if g % 3 == 0 else int(rng.integers(-5000, 5000))
+            if g % 3 == 1 and 50 * MIN <= t < 80 * MIN:
+                if t == 50 * MIN:
+                    rows.append((labels, t + jitter, STALE_NAN))
+                continue  # a gap after a marker
+            if counter:
+                value = 0.0 if rng.random() < 0.01 else value + float(rng.integers(0, 500))
+            else:
+                value = float(np.round(rng.normal(200, 80), 2))
+                if g == 2 and t == 100 * MIN:
+                    value = float("inf")
+            rows.append((labels, t + jitter, value))
+    rows.sort(key=lambda r: r[1])
+    return rows
+
+
+class Cells(DuckDBStore):
+    """Counts the reads that used cells."""
+
+    cell_reads = 0
+
+    def _cells_where(self, ids: Sequence[int], span: tuple[int, int]) -> str:
+        self.cell_reads += 1
+        return super()._cells_where(ids, span)
+
+
+def _pair(tmp_path: Path, name: str) -> tuple[Cells, DuckDBStore]:
+    """The same store twice: with cells, and without (every read from samples)."""
+    kw = {"block_ms": 30 * MIN, "head_keep_ms": 0}
+    return (
+        Cells(tmp_path / f"{name}-cells.duckdb", **kw),
+        DuckDBStore(tmp_path / f"{name}-plain.duckdb", cell_ms=0, **kw),
+    )
+
+
+def _reference(series: list[Series], base: int, width: int, n: int) -> dict[str, np.ndarray]:
+    """Bucket aggregates computed sample by sample, the counter ones included."""
+    shape = (len(series), n)
+    out = {k: np.full(shape, np.nan) for k in ("sum", "min", "max", "last", "first", "increase")}
+    out["count"] = np.zeros(shape, np.int64)
+    out["first_t"] = np.zeros(shape, np.int64)
+    out["last_t"] = np.zeros(shape, np.int64)
+    for i, s in enumerate(series):
+        keep = ~np.isnan(s.values) & (s.t_ms >= base) & (s.t_ms <= base + (n - 1) * width)
+        t, v = s.t_ms[keep], s.values[keep]
+        b = (t - base + width - 1) // width
+        for k in np.unique(b):
+            tt, vv = t[b == k], v[b == k]
+            out["count"][i, k] = len(vv)
+            out["sum"][i, k] = vv.sum()
+            out["min"][i, k], out["max"][i, k] = vv.min(), vv.max()
+            out["last"][i, k], out["last_t"][i, k] = vv[-1], tt[-1]
+            out["first"][i, k], out["first_t"][i, k] = vv[0], tt[0]
+            steps = np.where(vv[1:] >= vv[:-1], vv[1:] - vv[:-1], vv[1:])
+            out["increase"][i, k] = steps.sum()
+    return out
+
+
+def _check(got: Buckets, want: Buckets, ref: dict[str, np.ndarray], *, counter: bool) -> None:
+    assert got.labels == want.labels
+    np.testing.assert_array_equal(got.count, want.count)
+    np.testing.assert_array_equal(got.has_edge, want.has_edge)
+    for name in ("last", "edge"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+    np.testing.assert_allclose(got.sum, want.sum, rtol=1e-12, equal_nan=True)
+    if counter:
+        assert got.first_t is not None and got.last_t is not None
+        assert got.first is not None and got.increase is not None
+        np.testing.assert_array_equal(got.first_t, ref["first_t"])
+        np.testing.assert_array_equal(got.last_t, ref["last_t"])
+        np.testing.assert_array_equal(got.first, ref["first"])
+        np.testing.assert_allclose(got.increase, ref["increase"], rtol=1e-12, equal_nan=True)
+    np.testing.assert_array_equal(got.count, ref["count"])
+
+
+LAYOUTS = [  # base, width, n
+    (0, W, 73),  # cell by cell
+    (30 * MIN, 60 * MIN, 6),  # hours, aligned
+    (7 * MIN + 13 * S, 20 * MIN, 15),  # ragged: cells inside buckets, samples at the ends
+    (2 * MIN + 30 * S, 6 * 60 * MIN - 2 * MIN, 2),  # an instant query over almost all of it
+]
+
+
+def _compare(cells: DuckDBStore, plain: DuckDBStore, metric: str) -> int:
+    """Every layout and the thin selects: cells and samples agree. The counter reads."""
+    matchers = [Matcher("__name__", "=", metric)]
+    used = 0
+    for base, width, n in LAYOUTS:
+        counter = base % W == 0 and width % W == 0 and metric.endswith("_total")
+        aggs = ("sum", "last", COUNTER_AGGREGATE) if counter else ("sum", "last")
+        got = cells.select_buckets(matchers, base, width, n, aggs)
+        want = plain.select_buckets(matchers, base, width, n)
+        assert got is not None and want is not None
+        series = plain.select(matchers, base, base + (n - 1) * width)
+        _check(got, want, _reference(series, base, width, n), counter=counter)
+        used += counter
+        # minima and maxima are not in cells: the samples give them
+        extremes = cells.select_buckets(matchers, base, width, n, BUCKET_AGGREGATES)
+        assert extremes is not None
+        np.testing.assert_array_equal(extremes.min, want.min)
+        np.testing.assert_array_equal(extremes.max, want.max)
+    for start, step in [(0, W), (60 * MIN, 60 * MIN), (10 * MIN, 15 * MIN)]:
+        hints = SelectHints(start_ms=start, end_ms=6 * 60 * MIN, step_ms=step, lookback_ms=W)
+        a = cells.select(matchers, start - W, 6 * 60 * MIN, hints)
+        b = plain.select(matchers, start - W, 6 * 60 * MIN, hints)
+        assert [x.labels for x in a] == [x.labels for x in b]
+        for x, y in zip(a, b, strict=True):
+            assert x.t_ms.tolist() == y.t_ms.tolist()
+            assert x.values.view(np.int64).tolist() == y.values.view(np.int64).tolist()
+    return used
+
+
+@pytest.mark.parametrize("metric", ["fleet_gpu_power_watts", "fleet_gpu_energy_joules_total"])
+def test_cells_answer_as_samples_do(tmp_path: Path, metric: str) -> None:
+    cells, plain = _pair(tmp_path, "a")
+    batch = SampleBatch.from_rows(_history(np.random.default_rng(5)))
+    for s in (cells, plain):
+        s.append(batch)
+        s.compact()
+    n_cells = cells._con.execute("SELECT count(*) FROM cells").fetchone()
+    assert n_cells is not None and 0 < n_cells[0] < len(batch) // 10  # ~20 samples a cell
+    assert _compare(cells, plain, metric) == (2 if metric.endswith("_total") else 0)
+    assert cells.cell_reads == len(LAYOUTS) + 3  # every bucket read and thin select
+
+
+def test_the_counter_aggregate_needs_whole_cells(tmp_path: Path) -> None:
+    cells, _ = _pair(tmp_path, "b")
+    cells.append(SampleBatch.from_rows(_history(np.random.default_rng(1), hours=2)))
+    cells.compact()
+    energy = [Matcher("__name__", "=", "fleet_gpu_energy_joules_total")]
+    assert cells.select_buckets(energy, 0, W, 20, ("last", COUNTER_AGGREGATE)) is not None
+    assert cells.select_buckets(energy, 7 * S, W, 20, ("last", COUNTER_AGGREGATE)) is None
+    assert cells.select_buckets(energy, 0, 7 * MIN, 10, ("last", COUNTER_AGGREGATE)) is None
+
+
+def test_stragglers_retention_and_restart_keep_cells_true(tmp_path: Path) -> None:
+    cells, plain = _pair(tmp_path, "c")
+    rng = np.random.default_rng(9)
+    batch = SampleBatch.from_rows(_history(rng))
+    for s in (cells, plain):
+        s.append(batch)
+        s.compact()
+    # a new series with old samples: the head holds them, cells step aside until compaction
+    late = SampleBatch.from_rows(
+        [({"__name__": "fleet_gpu_power_watts", "gpu": "9"}, t, 1.5) for t in (61 * S, 3 * MIN)]
+        + [({"__name__": "fleet_gpu_power_watts", "gpu": "9"}, 7 * 60 * MIN, 2.0)]
+    )
+    for s in (cells, plain):
+        s.append(late)
+    assert cells._late
+    _compare(cells, plain, "fleet_gpu_power_watts")
+    for s in (cells, plain):
+        s.compact()
+    assert not cells._late
+    _compare(cells, plain, "fleet_gpu_power_watts")
+    # retention in the middle of a cell: that cell goes, the next ones stay
+    for s in (cells, plain):
+        s.delete_before(47 * MIN + 3 * S)
+    _compare(cells, plain, "fleet_gpu_energy_joules_total")
+    cells.close()
+    reopened = DuckDBStore(tmp_path / "c-cells.duckdb", block_ms=30 * MIN, head_keep_ms=0)
+    assert reopened._cells_ready
+    _compare(reopened, plain, "fleet_gpu_power_watts")
+
+
+def test_a_store_without_cells_gets_them_on_compaction(tmp_path: Path) -> None:
+    path = tmp_path / "old.duckdb"
+    old = DuckDBStore(path, block_ms=30 * MIN, head_keep_ms=0, cell_ms=0)  # as before cells
+    batch = SampleBatch.from_rows(_history(np.random.default_rng(2)))
+    old.append(batch)
+    old.compact()
+    old.close()
+    upgraded = DuckDBStore(path, block_ms=30 * MIN, head_keep_ms=0)
+    assert not upgraded._cells_ready
+    assert upgraded.select_buckets(EVERYTHING, 0, W, 10, ("last", COUNTER_AGGREGATE)) is None
+    upgraded.compact()
+    assert upgraded._cells_ready
+    _, plain = _pair(tmp_path, "d")
+    plain.append(batch)
+    plain.compact()
+    assert _compare(upgraded, plain, "fleet_gpu_energy_joules_total") == 2
+
+
+def test_a_real_nan_in_a_cell_sends_the_caller_to_samples(tmp_path: Path) -> None:
+    cells, _ = _pair(tmp_path, "e")
+    labels = {"__name__": "fleet_gpu_power_watts", "gpu": "0"}
+    rows = [
+        (labels, t, float("nan") if t == 20 * MIN else 1.0) for t in range(0, 3_600_001, 15 * S)
+    ]
+    cells.append(SampleBatch.from_rows(rows))
+    cells.compact()
+    bad = cells._con.execute("SELECT sum(bad) FROM cells").fetchone()
+    assert bad is not None and bad[0] == 1
+    gauge = [Matcher("__name__", "=", "fleet_gpu_power_watts")]
+    assert cells.select_buckets(gauge, 0, 60 * MIN, 2) is None
+    assert cells.select_buckets(gauge, 30 * MIN, W, 5) is not None  # after it
