@@ -252,10 +252,40 @@ def extrapolated_rate(m: Matrix, *, counter: bool, per_second: bool) -> Result:
             inner_lo = np.where(ok, m.lo + 1, m.lo)
             inner_hi = np.where(ok, m.hi, m.lo)
             result = result + np.where(ok, _segment_reduce(np.add, corr, inner_lo, inner_hi), 0.0)
-        range_end = m.range_end.astype(np.float64)[None, :]
-        range_start = range_end - m.range_ms
-        to_start = (t_first - range_start) / 1000
-        to_end = (range_end - t_last) / 1000
+    return extrapolate(
+        first, last, t_first, t_last, n, result, m.range_end, m.range_ms,
+        counter=counter, per_second=per_second,
+    )  # fmt: skip
+
+
+def extrapolate(
+    first: F64,
+    last: F64,
+    t_first: F64,
+    t_last: F64,
+    n: I64,
+    result: F64,
+    range_end: I64,
+    range_ms: int,
+    *,
+    counter: bool,
+    per_second: bool,
+) -> Result:
+    """The end of Prometheus 2.42's ``extrapolatedRate``: ``result`` (``last - first``, for a
+    counter corrected for resets) of windows ``[range_end - range_ms, range_end]`` extrapolated
+    to the window's ends, per second with ``per_second``.
+
+    Arrays are ``[series, steps]`` except ``range_end`` (``[steps]``, ms); ``first``/``last`` are
+    the values of a window's oldest and newest sample, ``t_first``/``t_last`` their times (ms),
+    ``n`` its sample count. Windows with fewer than two samples have no value (``present``
+    False, value 0); whatever their other inputs hold is not looked at. Shared by the sample
+    kernel above and the bucket pushdown (query/pushdown.py), so both do the same arithmetic.
+    """
+    ok = n >= 2
+    with np.errstate(all="ignore"):
+        end = range_end.astype(np.float64)[None, :]
+        to_start = (t_first - (end - range_ms)) / 1000
+        to_end = (end - t_last) / 1000
         sampled = (t_last - t_first) / 1000
         average = sampled / np.where(ok, n - 1, 1)
         if counter:
@@ -268,7 +298,7 @@ def extrapolated_rate(m: Matrix, *, counter: bool, per_second: bool) -> Result:
         interval += np.where(to_end < threshold, to_end, average / 2)
         result = result * (interval / sampled)
         if per_second:
-            result = result / (m.range_ms / 1000)
+            result = result / (range_ms / 1000)
     return np.where(ok, result, 0.0), ok
 
 
