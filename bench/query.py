@@ -19,8 +19,13 @@ overview page (``web.view.build`` for a 7 d window, its own 4 query threads) is 
 backend too. Last, bytes per sample on disk: overall and, with ``--gauge-bytes``, for three GPU
 gauges each loaded alone into fresh instances. Fleetscope is loaded compacting as it goes (as
 the server's housekeeping thread does live: 2 h runs, merged per day and per week; the layout
-is printed), and its size is given twice: the file, and the blocks in use (the file keeps the
-blocks compaction freed, for later writes). Use ``--days 9`` or more for a closed week.
+is printed; each moved block also writes its five-minute cells, store/cells.py), and its size is
+given twice: the file, and the blocks in use (the file keeps the blocks compaction freed, for
+later writes; cells included). Data loaded by an older version gets its cells when the store is
+opened (timed and printed). Use ``--days 9`` or more for a closed week.
+
+Range queries end at a multiple of their step, as the overview page and Grafana send them (both
+align ``end``); instant queries run at the last tick.
 
 Loading. Prometheus takes remote-written samples only at or after its head's newest time minus
 half a block range (1 h), so history is written in time order: each simulator block is sorted
@@ -555,14 +560,20 @@ def workload(now_ms: int, subquery_step: str) -> list[Measured]:
     idle = f"(fleet_gpu_utilization_ratio < {ov.IDLE_THRESHOLD:g})" + join[27:]
     per_hour = {"15s": 240, "30s": 120, "1m": 60, "5m": 12}[subquery_step]
 
+    def aligned(step_ms: int) -> int:
+        """A range query's end as the page and Grafana send it: a multiple of its step."""
+        return now_ms - now_ms % step_ms
+
     def one(name: str, group: str, query: Query) -> Measured:
         return Measured(name, group, (query,))
 
     return [
         one("utilization 7d, range 1h step", "overview",
-            Query("u7", "overview", ov.PROMQL_UTILIZATION, now_ms, now_ms - week, HOUR_MS)),
+            Query("u7", "overview", ov.PROMQL_UTILIZATION, aligned(HOUR_MS),
+                  aligned(HOUR_MS) - week, HOUR_MS)),
         one("utilization 24h, range 10m step", "overview",
-            Query("u1", "overview", ov.PROMQL_UTILIZATION, now_ms, now_ms - day, 600_000)),
+            Query("u1", "overview", ov.PROMQL_UTILIZATION, aligned(600_000),
+                  aligned(600_000) - day, 600_000)),
         one("GPUs up now: count(fleet_gpu_up == 1)", "overview",
             Query("up", "overview", "count(fleet_gpu_up == 1)", now_ms)),
         one("allocated idle now (join)", "overview",
@@ -591,7 +602,7 @@ def workload(now_ms: int, subquery_step: str) -> list[Measured]:
         one("TTFT p99 7d, range 5m step (histogram_quantile)", "analytics",
             Query("p99", "analytics",
                   f"histogram_quantile(0.99, sum by (le) (rate({HIST}_bucket[5m])))",
-                  now_ms, now_ms - week, 300_000)),
+                  aligned(300_000), aligned(300_000) - week, 300_000)),
     ]  # fmt: skip
 
 
@@ -1018,6 +1029,9 @@ def run_all(
             ("all samples (whole dir / written)", "vm", counts.total, vm_size.total_bytes),
         ]  # fmt: skip
         store = TimedStore(db)
+        started = time.perf_counter()
+        if store.build_cells():  # data loaded before the store kept cells
+            print(f"built the cells in {time.perf_counter() - started:.0f} s", flush=True)
         sizes.insert(
             1,
             (
