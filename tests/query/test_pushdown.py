@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from fleetscope.query import QueryResult
+from fleetscope.query import QueryResult, engine
+from fleetscope.query.aggregate import sum_by
 from fleetscope.query.engine import Evaluator
 from fleetscope.query.pushdown import plan
 from fleetscope.store import (
@@ -139,6 +141,36 @@ def test_instant_queries_with_offset_and_at(stores: tuple[Spy, FakeMetricStore],
         Evaluator(spy).range(query, 0, 30 * MIN, 5 * MIN),
         Evaluator(fake).range(query, 0, 30 * MIN, 5 * MIN),
     )
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "sum by (gpu) (count_over_time(fleet_gpu_power_watts[30m]))",
+        "sum by (node) (sum_over_time(fleet_gpu_power_watts[1h]))",
+        "sum(count_over_time(fleet_gpu_power_watts{gpu=~'[12]'}[7m30s]))",
+        "sum by (__name__, nothere) (count_over_time(fleet_gpu_power_watts[5m]))",
+        "sum by (gpu) (count_over_time(fleet_gpu_power_watts[10m] @ 3000))",
+    ],
+)
+def test_sums_of_counts_and_sums_are_grouped_from_the_buckets(
+    stores: tuple[Spy, FakeMetricStore], query: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spy, fake = stores
+    grouped: list[int] = []
+
+    def counted(*args: Any) -> Any:
+        grouped.append(1)
+        return sum_by(*args)
+
+    monkeypatch.setattr(engine, "sum_by", counted)
+    for start, end, step in [(0, 120 * MIN, 60 * S), (7 * MIN, 113 * MIN, 150 * S)]:
+        _same(
+            Evaluator(spy).range(query, start, end, step),
+            Evaluator(fake).range(query, start, end, step),
+        )
+    _same(Evaluator(spy).instant(query, 80 * MIN), Evaluator(fake).instant(query, 80 * MIN))
+    assert len(grouped) == 3, "grouped from the buckets"
 
 
 def test_stale_markers_do_not_count_and_samples_are_not_read(

@@ -17,6 +17,7 @@ Groups are output in order of first appearance, as in Prometheus 2.42's ``aggreg
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -75,6 +76,25 @@ def aggregate(op: str, vec: Vector, grouping: Grouping, param: Scalar | String |
     else:
         values, present = _reduce(op, vec, gid, len(out_labels))
     return Vector(out_labels, values, present)
+
+
+def sum_by(
+    labels: Sequence[Mapping[str, str]], values: F64, present: Bools, names: Sequence[str]
+) -> Vector:
+    """``sum by (names)`` of a function's result whose label sets (name dropped) are given as
+    the store's mappings: the groups and sums :func:`aggregate` gives for the same rows,
+    without building every row's label tuple first (14 k allocation series: ~150 ms less)."""
+    wanted = sorted(set(names) - {NAME})
+    rows = np.flatnonzero(present.any(axis=1))  # as the rows that reach aggregate()
+    group_of: dict[Labels, int] = {}
+    gid = np.empty(len(rows), np.int64)
+    for j, i in enumerate(rows.tolist()):
+        lab = labels[i]
+        key = tuple((n, lab[n]) for n in wanted if lab.get(n, ""))
+        gid[j] = group_of.setdefault(key, len(group_of))
+    vec = Vector([()] * len(rows), values[rows], present[rows])
+    out, out_present = _reduce("sum", vec, gid, len(group_of))
+    return Vector(list(group_of), out, out_present)
 
 
 def _sorted_groups(gid: I64) -> tuple[I64, I64, I64]:

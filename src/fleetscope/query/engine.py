@@ -31,7 +31,7 @@ import numpy as np
 import promql_parser as pp
 
 from fleetscope.query import MAX_POINTS_PER_SERIES, QueryError, QueryResult
-from fleetscope.query.aggregate import Grouping, aggregate
+from fleetscope.query.aggregate import Grouping, aggregate, sum_by
 from fleetscope.query.binary import (
     MANY_TO_MANY,
     MANY_TO_ONE,
@@ -382,7 +382,7 @@ class _Evaluation:
         if isinstance(node, pp.UnaryExpr):
             return self._negate(self.eval(node.expr, grid))
         if isinstance(node, pp.VectorSelector):
-            return self._vector_selector(node, grid)[0]
+            return self._vector_selector(node, grid, times=False)[0]
         if isinstance(node, pp.MatrixSelector):
             return self._matrix_selector(node, grid, "")
         if isinstance(node, pp.SubqueryExpr):
@@ -390,6 +390,9 @@ class _Evaluation:
         if isinstance(node, pp.Call):
             return self._call(node, grid)
         if isinstance(node, pp.AggregateExpr):
+            summed = self._summed_over_time(node, grid)
+            if summed is not None:
+                return summed
             return self._aggregate(node, grid)
         if isinstance(node, pp.BinaryExpr):
             return self._binary(node, grid)
@@ -476,9 +479,10 @@ class _Evaluation:
         return samples
 
     def _vector_selector(
-        self, vs: Any, grid: _Grid, *, at_ignores_offset: bool = False
+        self, vs: Any, grid: _Grid, *, at_ignores_offset: bool = False, times: bool = True
     ) -> tuple[Vector, I64]:
-        """An instant vector selector and the timestamps of the samples it read."""
+        """An instant vector selector and the timestamps of the samples it read (an empty
+        array unless ``times``: on many series and steps they would be a large array)."""
         ref, fixed = self._ref_times(vs, grid)
         if fixed and at_ignores_offset:
             ref = np.array([self._at_ms(vs)], np.int64)
@@ -502,13 +506,14 @@ class _Evaluation:
         ok = found & (pair_t >= ref[cols] - self.lookback_ms) & ~stale_mask(pair_v)
         present = np.zeros((n, len(ref)), np.bool_)
         v = np.full((n, len(ref)), np.nan)
-        t = np.zeros((n, len(ref)), np.int64)
         present[rows, cols] = ok
         v[rows[ok], cols[ok]] = pair_v[ok]
-        t[rows[ok], cols[ok]] = pair_t[ok]
         vec = Vector(samples.labels, v, present)
+        t = np.zeros((n, len(ref)) if times else (0, 0), np.int64)
+        if times:
+            t[rows[ok], cols[ok]] = pair_t[ok]
         if fixed:
-            t = np.repeat(t, grid.steps, axis=1)
+            t = np.repeat(t, grid.steps, axis=1) if times else t
             vec = broadcast_steps(vec, grid.steps)
         return vec, t
 
@@ -609,6 +614,32 @@ class _Evaluation:
         grouping = Grouping(list(mod.labels) if mod is not None else [], without=without)
         return aggregate(op, vec, grouping, param)
 
+    def _summed_over_time(self, node: Any, grid: _Grid) -> Vector | None:
+        """``sum [by (…)] (count_over_time|sum_over_time(m[r]))`` of one metric, grouped
+        straight from the store's buckets (:func:`sum_by`), or ``None``: evaluate as usual."""
+        mod = node.modifier
+        if str(node.op) != "sum" or node.param is not None:
+            return None
+        if mod is not None and mod.type == pp.AggModifierType.Without:
+            return None
+        call = node.expr
+        while isinstance(call, pp.ParenExpr):
+            call = call.expr
+        if not isinstance(call, pp.Call) or call.func.name not in _SUMMABLE or not call.args:
+            return None
+        arg = call.args[0]
+        while isinstance(arg, pp.ParenExpr):
+            arg = arg.expr
+        if not isinstance(arg, pp.MatrixSelector):
+            return None
+        matchers = selector_matchers(arg.vector_selector)
+        if not any(m.name == "__name__" and m.op == "=" for m in matchers):
+            return None  # one metric: no two series share a label set once the name is gone
+        names = list(mod.labels) if mod is not None else []
+        return self._pushed_down(
+            call.func.name, arg, grid, sliding=not step_invariant(call), sum_by_names=names
+        )
+
     # -- functions ---------------------------------------------------------------------
 
     def _call(self, node: Any, grid: _Grid) -> Value:
@@ -703,9 +734,18 @@ class _Evaluation:
         out = _nonempty(Vector(labels, np.where(present, values, np.nan), present))
         return merge_same_labels(out, whole=True)
 
-    def _pushed_down(self, name: str, arg: Any, grid: _Grid, *, sliding: bool) -> Vector | None:
+    def _pushed_down(
+        self,
+        name: str,
+        arg: Any,
+        grid: _Grid,
+        *,
+        sliding: bool,
+        sum_by_names: list[str] | None = None,
+    ) -> Vector | None:
         """``name(selector[range])`` from the store's per-bucket aggregates (query/pushdown.py),
-        or ``None`` when the store cannot or the samples must be read."""
+        or ``None`` when the store cannot or the samples must be read. With ``sum_by_names``,
+        its ``sum by (…)`` (:meth:`_summed_over_time`)."""
         select_buckets = getattr(self.store, "select_buckets", None)
         while isinstance(arg, pp.ParenExpr):
             arg = arg.expr
@@ -729,6 +769,9 @@ class _Evaluation:
             return None
         found_labels, values, present = found
         _check_size(len(found_labels), grid.steps)
+        if sum_by_names is not None:
+            summed = sum_by(found_labels, values, present, sum_by_names)
+            return broadcast_steps(summed, grid.steps) if fixed else summed
         labels = [make_labels(lab) for lab in found_labels]
         if name != "last_over_time":
             labels = [drop_name(lab) for lab in labels]
@@ -738,6 +781,7 @@ class _Evaluation:
         return merge_same_labels(_nonempty(vec), whole=True)
 
 
+_SUMMABLE = frozenset({"count_over_time", "sum_over_time"})  # sum by (…) of them: bucket sums
 _INSTANT_FUNCTIONS = frozenset(
     {*MATH, *DATE_FUNCTIONS, "clamp", "clamp_min", "clamp_max", "round", "scalar", "sort",
      "sort_desc", "label_replace", "label_join", "histogram_quantile"}
