@@ -65,10 +65,11 @@ class Cells(DuckDBStore):
 
 def _pair(tmp_path: Path, name: str) -> tuple[Cells, DuckDBStore]:
     """The same store twice: with cells, and without (every read from samples)."""
-    kw = {"block_ms": 30 * MIN, "head_keep_ms": 0}
     return (
-        Cells(tmp_path / f"{name}-cells.duckdb", **kw),
-        DuckDBStore(tmp_path / f"{name}-plain.duckdb", cell_ms=0, **kw),
+        Cells(tmp_path / f"{name}-cells.duckdb", block_ms=30 * MIN, head_keep_ms=0),
+        DuckDBStore(
+            tmp_path / f"{name}-plain.duckdb", block_ms=30 * MIN, head_keep_ms=0, cell_ms=0
+        ),
     )
 
 

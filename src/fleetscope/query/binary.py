@@ -167,13 +167,16 @@ def _any_by_signature(sid: I64, present: Bools, signatures: int, steps: int) -> 
 
 def _count_by_signature(sid: I64, present: Bools, signatures: int, steps: int) -> I64:
     """Per signature and step, how many of the rows with that signature are present."""
-    counts = np.zeros((signatures, steps), np.int64)
-    if len(sid):
-        order = np.argsort(sid, kind="stable")
-        ordered = sid[order]
-        starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
-        counts[ordered[starts]] = np.add.reduceat(present[order].astype(np.int64), starts, axis=0)
-    return counts
+    return np.bincount(_cells(sid, present, steps)[1], minlength=signatures * steps).reshape(
+        signatures, steps
+    )
+
+
+def _cells(sid: I64, present: Bools, steps: int) -> tuple[I64, I64]:
+    """The present (row, step) pairs as rows and flat ``signature * steps + step`` indices:
+    on many short-lived series (allocations over a week of steps) far fewer than rows × steps."""
+    rows, step = np.nonzero(present)
+    return rows.astype(np.int64), sid[rows] * steps + step
 
 
 def _vector_vector(op: str, lhs: Vector, rhs: Vector, matching: Matching) -> Vector:
@@ -224,8 +227,8 @@ def _one_side_rows(one: Vector, sid: I64, signatures: int, matching: Matching) -
     Two rows of one signature present at one step are Prometheus' many-to-many error.
     """
     steps = one.steps
-    rows = np.full((signatures, steps), -1, np.int64)
-    counts = _count_by_signature(sid, one.present, signatures, steps)
+    present_rows, flat = _cells(sid, one.present, steps)
+    counts = np.bincount(flat, minlength=signatures * steps).reshape(signatures, steps)
     if (counts > 1).any():
         s = int(np.flatnonzero((counts > 1).any(axis=0))[0])
         seen: dict[int, int] = {}
@@ -243,9 +246,9 @@ def _one_side_rows(one: Vector, sid: I64, signatures: int, matching: Matching) -
                     f"{format_labels(one.labels[first])}];many-to-many matching not allowed: "
                     "matching labels must be unique on one side",
                 )
-    for i in range(len(one.labels)):
-        rows[sid[i], one.present[i]] = i
-    return rows
+    rows = np.full(signatures * steps, -1, np.int64)
+    rows[flat] = present_rows
+    return rows.reshape(signatures, steps)
 
 
 def _check_unique_matches(

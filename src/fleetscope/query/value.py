@@ -43,8 +43,11 @@ DUPLICATE_LABELSET = "vector cannot contain metrics with the same labelset"
 
 def make_labels(pairs: Mapping[str, str] | Iterable[tuple[str, str]]) -> Labels:
     """A label set from a mapping or pairs; empty values are dropped."""
-    items = pairs.items() if isinstance(pairs, Mapping) else pairs
-    return tuple(sorted((k, v) for k, v in items if v != ""))
+    if isinstance(pairs, Mapping):
+        if "" not in pairs.values():  # the usual case, without a Python loop per pair
+            return tuple(sorted(pairs.items()))
+        pairs = pairs.items()
+    return tuple(sorted((k, v) for k, v in pairs if v != ""))
 
 
 def label_value(labels: Labels, name: str) -> str:
@@ -56,6 +59,8 @@ def label_value(labels: Labels, name: str) -> str:
 
 
 def drop_name(labels: Labels) -> Labels:
+    if labels and labels[0][0] == NAME:  # sorted: a label set holds it once, usually first
+        return labels[1:]
     return tuple(p for p in labels if p[0] != NAME)
 
 
@@ -167,31 +172,31 @@ def merge_same_labels(vec: Vector, *, whole: bool = False) -> Vector:
 
     Two such rows present at the same step are Prometheus' "vector cannot contain metrics with
     the same labelset" error; with ``whole`` any two rows with equal label sets are (the check
-    Prometheus makes on whole matrices: range-vector functions and unary minus).
+    Prometheus makes on whole matrices: range-vector functions and unary minus). Rows are moved
+    by their present (row, step) pairs only: a join over a week of short-lived series is many
+    rows × steps and few pairs.
     """
     first: dict[Labels, int] = {}
-    groups: dict[int, list[int]] = {}
-    for i, lab in enumerate(vec.labels):
-        j = first.setdefault(lab, i)
-        if j != i:
-            groups.setdefault(j, [j]).append(i)
-    if not groups:
+    gid = np.fromiter(
+        (first.setdefault(lab, len(first)) for lab in vec.labels), np.int64, len(vec.labels)
+    )
+    if len(first) == len(vec.labels):
         return vec
     if whole:
         raise QueryError("execution", DUPLICATE_LABELSET)
-    values = vec.values.copy()
-    present = vec.present.copy()
-    drop: set[int] = set()
-    for j, rows in groups.items():
-        if (vec.present[rows].sum(axis=0) > 1).any():
-            raise QueryError("execution", DUPLICATE_LABELSET)
-        for i in rows[1:]:
-            p = vec.present[i]
-            values[j, p] = vec.values[i, p]
-            present[j] |= p
-            drop.add(i)
-    keep = [i for i in range(len(vec.labels)) if i not in drop]
-    return Vector([vec.labels[i] for i in keep], values[keep], present[keep], vec.ordered)
+    steps = vec.steps
+    rows, step = np.nonzero(vec.present)
+    flat = gid[rows] * steps + step
+    if (np.bincount(flat, minlength=len(first) * steps) > 1).any():
+        raise QueryError("execution", DUPLICATE_LABELSET)
+    values = np.full(len(first) * steps, np.nan)
+    present = np.zeros(len(first) * steps, np.bool_)
+    values[flat] = vec.values[rows, step]
+    present[flat] = True
+    return Vector(
+        list(first), values.reshape(len(first), steps), present.reshape(len(first), steps),
+        vec.ordered,
+    )  # fmt: skip
 
 
 def broadcast_steps(vec: Vector, steps: int) -> Vector:

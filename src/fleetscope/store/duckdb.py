@@ -150,9 +150,10 @@ def _empty_buckets(
 
 def _fold_parts(parts: dict[str, Any]) -> dict[str, Any]:
     """Combine the parts of each (series, bucket) (raw samples before, cells, raw after:
-    never overlapping in time) into one row: counts and sums add, the oldest part gives
-    ``first``, the newest ``last``, and the increase adds each part's own plus the step from
-    one part's last value to the next one's first (``v - previous``, or ``v`` after a reset).
+    never overlapping in time; sorted by series, bucket, non-empty, time) into one row: counts
+    and sums add, the oldest part gives ``first``, the newest ``last``, and the increase adds
+    each part's own plus the step from one part's last value to the next one's first (``v -
+    previous``, or ``v`` after a reset).
     Empty parts (only NaNs) count for ``nans``/``bad`` alone."""
 
     def floats(name: str) -> npt.NDArray[np.float64]:
@@ -166,10 +167,7 @@ def _fold_parts(parts: dict[str, Any]) -> dict[str, Any]:
     first_t = np.where(full, np.ma.getdata(parts["first_t"]), 0).astype(np.int64)
     last_t = np.where(full, np.ma.getdata(parts["last_t"]), 0).astype(np.int64)
     sid, b = np.asarray(parts["series_id"], np.int64), np.asarray(parts["b"], np.int64)
-    order = np.lexsort((first_t, full, b, sid))  # per group: empty parts, then by time
-    sid, b, n, full = sid[order], b[order], n[order], full[order]
-    first_t, last_t = first_t[order], last_t[order]
-    f = {name: floats(name)[order] for name in ("s", "lo", "hi", "last", "edge", "first", "inc")}
+    f = {name: floats(name) for name in ("s", "lo", "hi", "last", "edge", "first", "inc")}
     if len(sid) == 0:
         return (
             {k: np.empty(0) for k in ("series_id", "b", "n", "bad", "nans")}
@@ -268,6 +266,8 @@ class DuckDBStore:
         self._con.execute(cells.SCHEMA)
         self._lock = threading.Lock()
         self._labels: list[dict[str, str]] = []
+        # each series' sorted label pairs: results are sorted by them (MetricStore.select)
+        self._sort_keys: list[tuple[tuple[str, str], ...]] = []
         self._ids: dict[str, int] = {}
         # label pairs in the order a client sent them → id; skips building the canonical key
         # for series seen before (the common case: every scrape repeats the same label sets)
@@ -353,6 +353,7 @@ class DuckDBStore:
     def _register(self, labels: dict[str, str], key: str) -> int:
         sid = len(self._labels)
         self._labels.append(labels)
+        self._sort_keys.append(tuple(sorted(labels.items())))
         self._ids[key] = sid
         same_metric = self._by_name.setdefault(labels.get(METRIC_NAME, ""), [])
         same_metric.append(sid)
@@ -418,6 +419,11 @@ class DuckDBStore:
         if len(keys) <= 16:
             return f"metric_key IN ({','.join(map(str, keys))}) AND {span}", span
         return span, span
+
+    def _in_label_order(self, ids: Sequence[int] | npt.NDArray[np.int64]) -> list[int]:
+        """Positions of ``ids`` ordered by their series' sorted label pairs."""
+        keys = self._sort_keys
+        return sorted(range(len(ids)), key=lambda k: keys[int(ids[k])])
 
     def _cells_where(self, ids: Sequence[int], span: tuple[int, int]) -> str:
         """The cells of ``ids`` (sorted, registered as ``wanted``) numbered ``span``."""
@@ -721,12 +727,10 @@ class DuckDBStore:
             now = self._latest.select(ids, mint_ms, maxt_ms)
             if now is not None:
                 sids, ts, vs = now
-                out = [
-                    Series(dict(self._labels[int(i)]), ts[k : k + 1], vs[k : k + 1])
-                    for k, i in enumerate(sids)
+                return [
+                    Series(dict(self._labels[int(sids[k])]), ts[k : k + 1], vs[k : k + 1])
+                    for k in self._in_label_order(sids)
                 ]
-                out.sort(key=lambda x: sorted(x.labels.items()))
-                return out
         thin = hints is not None and hints.step_ms > 0 and hints.func is None
         w = self.cell_ms
         span = None
@@ -737,15 +741,22 @@ class DuckDBStore:
             blocks_also = f"NOT (t BETWEEN {(span[0] - 1) * w + 1} AND {span[1] * w})"
 
         def run(cur: duckdb.DuckDBPyConnection, rows: str) -> dict[str, Any]:
-            if span is not None:
+            if span is not None and hints is not None:
                 # a marker's bits do not survive SQL's NaN constants: flagged, set below
-                rows = (
-                    f"(SELECT *, false AS marker FROM {rows} UNION ALL SELECT series_id, "
-                    f"(c::BIGINT - 1) * {w} + coalesce(top_dt, last_dt) AS t, "
+                tops = (
+                    f"SELECT series_id, (c::BIGINT - 1) * {w} + coalesce(top_dt, last_dt) AS t, "
                     "CASE WHEN top_dt IS NULL THEN last_v ELSE 'NaN'::DOUBLE END AS v, "
                     "top_dt IS NOT NULL AND NOT top_real AS marker FROM cells "
-                    f"WHERE {self._cells_where(ids, span)})"
+                    f"WHERE {self._cells_where(ids, span)}"
                 )
+                if hints.step_ms == w:  # a cell is a step bucket: its top is the newest
+                    sql = (
+                        "SELECT series_id, max(t) AS t, arg_max(v, t) AS v, false AS marker "
+                        f"FROM {rows} GROUP BY series_id, greatest(ceil((t - ?) / ?), 0) "
+                        f"UNION ALL {tops} ORDER BY 1, 2"
+                    )
+                    return cur.execute(sql, [hints.start_ms, hints.step_ms]).fetchnumpy()
+                rows = f"(SELECT *, false AS marker FROM {rows} UNION ALL {tops})"
             if one_instant:  # the newest sample of each series in the window
                 sql = f"SELECT series_id, max(t) AS t, arg_max(v, t) AS v FROM {rows} GROUP BY 1"
                 return cur.execute(sql + " ORDER BY 1").fetchnumpy()
@@ -771,12 +782,10 @@ class DuckDBStore:
             return []
         starts = np.flatnonzero(np.concatenate(([True], sids[1:] != sids[:-1])))
         ends = np.append(starts[1:], len(sids))
-        out = [
-            Series(dict(self._labels[int(sids[a])]), ts[a:b].copy(), vs[a:b].copy())
-            for a, b in zip(starts, ends, strict=True)
+        return [  # views: callers flatten them again at once (disjoint slices, never shared)
+            Series(dict(self._labels[int(sids[a])]), ts[a:b], vs[a:b])
+            for a, b in ((starts[k], ends[k]) for k in self._in_label_order(sids[starts]))
         ]
-        out.sort(key=lambda s: sorted(s.labels.items()))
-        return out
 
     def select_buckets(
         self,
@@ -876,8 +885,12 @@ class DuckDBStore:
                 f"count(*) FILTER (WHERE isnan(v)) AS nans, 0 AS bad{counter_cols} "
                 f"FROM ({raw}) GROUP BY series_id, b, side{cells_part}"
             )
-            if counter:
-                cols: dict[str, Any] = _fold_parts(cur.execute(parts).fetchnumpy())
+            if counter:  # each group's empty parts first, then the others oldest first
+                cols: dict[str, Any] = _fold_parts(
+                    cur.execute(
+                        f"SELECT * FROM ({parts}) ORDER BY series_id, b, n > 0, first_t"
+                    ).fetchnumpy()
+                )
             else:
                 cols = cur.execute(
                     "SELECT series_id, b, sum(n) AS n, sum(s) AS s, min(lo) AS lo, "
@@ -900,7 +913,7 @@ class DuckDBStore:
         cols = found
         sids = np.asarray(cols["series_id"], np.int64)
         present = np.unique(sids)
-        order = sorted(range(len(present)), key=lambda i: sorted(self._labels[present[i]].items()))
+        order = self._in_label_order(present)
         row_of = np.empty(int(present.max()) + 1 if len(present) else 0, np.int64)
         row_of[present[order]] = np.arange(len(order))
         r, b = row_of[sids], np.asarray(cols["b"], np.int64)
@@ -946,9 +959,7 @@ class DuckDBStore:
             finally:
                 cur.close()
             ids = [r[0] for r in rows]
-        out = [dict(self._labels[i]) for i in ids]
-        out.sort(key=lambda lab: sorted(lab.items()))
-        return out
+        return [dict(self._labels[ids[k]]) for k in self._in_label_order(ids)]
 
     def label_names(self, matchers: Sequence[Matcher] = ()) -> list[str]:
         return sorted({n for i in self._match(matchers) for n in self._labels[i]})
