@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -54,13 +55,27 @@ def _history(rng: np.random.Generator, hours: int = 6) -> list[tuple[dict[str, s
 
 
 class Cells(DuckDBStore):
-    """Counts the reads that used cells."""
+    """Counts the reads (selects and bucket reads) that used cells."""
 
     cell_reads = 0
+    _used = False
 
-    def _cells_where(self, ids: Sequence[int], span: tuple[int, int]) -> str:
-        self.cell_reads += 1
-        return super()._cells_where(ids, span)
+    def _cells_where(self, ids: Sequence[int], span: tuple[int, int], also: str = "") -> str:
+        self._used = True
+        return super()._cells_where(ids, span, also)
+
+    def select(self, *args: Any, **kwargs: Any) -> Any:
+        return self._counted(super().select, *args, **kwargs)
+
+    def select_buckets(self, *args: Any, **kwargs: Any) -> Any:
+        return self._counted(super().select_buckets, *args, **kwargs)
+
+    def _counted(self, read: Any, *args: Any, **kwargs: Any) -> Any:
+        self._used = False
+        try:
+            return read(*args, **kwargs)
+        finally:
+            self.cell_reads += self._used
 
 
 def _pair(tmp_path: Path, name: str) -> tuple[Cells, DuckDBStore]:
@@ -117,6 +132,7 @@ LAYOUTS = [  # base, width, n
     (0, W, 73),  # cell by cell
     (30 * MIN, 60 * MIN, 6),  # hours, aligned
     (7 * MIN + 13 * S, 20 * MIN, 15),  # ragged: cells inside buckets, samples at the ends
+    (7 * S, 10 * MIN, 70),  # ragged, many buckets (found by arithmetic on c and t)
     (2 * MIN + 30 * S, 6 * 60 * MIN - 2 * MIN, 2),  # an instant query over almost all of it
 ]
 
@@ -139,7 +155,7 @@ def _compare(cells: DuckDBStore, plain: DuckDBStore, metric: str) -> int:
         assert extremes is not None
         np.testing.assert_array_equal(extremes.min, want.min)
         np.testing.assert_array_equal(extremes.max, want.max)
-    for start, step in [(0, W), (60 * MIN, 60 * MIN), (10 * MIN, 15 * MIN)]:
+    for start, step in [(0, W), (60 * MIN, W), (60 * MIN, 60 * MIN), (10 * MIN, 15 * MIN)]:
         hints = SelectHints(start_ms=start, end_ms=6 * 60 * MIN, step_ms=step, lookback_ms=W)
         a = cells.select(matchers, start - W, 6 * 60 * MIN, hints)
         b = plain.select(matchers, start - W, 6 * 60 * MIN, hints)
@@ -160,7 +176,7 @@ def test_cells_answer_as_samples_do(tmp_path: Path, metric: str) -> None:
     n_cells = cells._con.execute("SELECT count(*) FROM cells").fetchone()
     assert n_cells is not None and 0 < n_cells[0] < len(batch) // 10  # ~20 samples a cell
     assert _compare(cells, plain, metric) == (2 if metric.endswith("_total") else 0)
-    assert cells.cell_reads == len(LAYOUTS) + 3  # every bucket read and thin select
+    assert cells.cell_reads == len(LAYOUTS) + 4  # every bucket read and thin select
 
 
 def test_the_counter_aggregate_needs_whole_cells(tmp_path: Path) -> None:

@@ -148,6 +148,21 @@ def _empty_buckets(
     )
 
 
+def _inside_cells(
+    base: int, width: int, n: int, w: int, span: tuple[int, int]
+) -> list[tuple[int, int]]:
+    """Per bucket ``(base + (b-1)·width, base + b·width]`` (``b >= 1``), the cells ``c1 … c2``
+    of ``span`` lying inside it (buckets holding none are left out)."""
+    out = []
+    for b in range(1, n):
+        lo, hi = base + (b - 1) * width, base + b * width
+        c1 = max(-(-lo // w) + 1, span[0])  # (c1 - 1)·W >= lo
+        c2 = min(hi // w, span[1])  # c2·W <= hi
+        if c1 <= c2:
+            out.append((c1, c2))
+    return out
+
+
 def _fold_parts(parts: dict[str, Any]) -> dict[str, Any]:
     """Combine the parts of each (series, bucket) (raw samples before, cells, raw after:
     never overlapping in time; sorted by series, bucket, non-empty, time) into one row: counts
@@ -350,6 +365,34 @@ class DuckDBStore:
         c_hi = min(self._blocks_max_t, maxt) // w
         return (c_lo, c_hi) if c_lo <= c_hi else None
 
+    def _bucket_zero(self, ids: Sequence[int], cell: int, base: int, *, counter: bool) -> str:
+        """Bucket 0 of a bucket read (the sample exactly at ``base``) as a part from the cell
+        ending at ``base``: its newest sample when that sits at the cell's end."""
+        w = self.cell_ms
+        on_end = f"coalesce(last_dt = {w}, false)"
+        value, at = f"CASE WHEN {on_end} THEN last_v END", f"CASE WHEN {on_end} THEN {base} END"
+        counter_cols = (
+            f", {at} AS first_t, {value} AS first, CASE WHEN {on_end} THEN 0.0 END AS inc"
+            if counter
+            else ""
+        )
+        where = self._cells_where(ids, (cell, cell))
+        return (
+            f" UNION ALL SELECT series_id, 0 AS b, 0 AS side, {on_end}::INTEGER AS n, {value} AS "
+            f"s, NULL::DOUBLE AS lo, NULL::DOUBLE AS hi, {value} AS last, {at} AS last_t, "
+            f"{value} AS edge, 0 AS nans, coalesce(top_dt = {w} AND top_real, false)::INTEGER "
+            f"AS bad{counter_cols} FROM cells WHERE {where} AND (last_dt = {w} OR top_dt = {w})"
+        )
+
+    def _edge_cell(self, at_ms: int) -> int | None:
+        """The cell ending at ``at_ms`` when cells can answer for it (its sample exactly at
+        ``at_ms`` is then its newest one), else ``None``."""
+        w = self.cell_ms
+        if not w or not self._cells_ready or self._late or at_ms % w:
+            return None
+        c = at_ms // w
+        return c if (c - 1) * w + 1 >= self._cells_lo and at_ms <= self._blocks_max_t else None
+
     def _register(self, labels: dict[str, str], key: str) -> int:
         sid = len(self._labels)
         self._labels.append(labels)
@@ -425,12 +468,13 @@ class DuckDBStore:
         keys = self._sort_keys
         return sorted(range(len(ids)), key=lambda k: keys[int(ids[k])])
 
-    def _cells_where(self, ids: Sequence[int], span: tuple[int, int]) -> str:
-        """The cells of ``ids`` (sorted, registered as ``wanted``) numbered ``span``."""
+    def _cells_where(self, ids: Sequence[int], span: tuple[int, int], also: str = "") -> str:
+        """The cells of ``ids`` (sorted, registered as ``wanted``) numbered ``span``, and those
+        that meet condition ``also``."""
         keys, _ = self._where(ids)
-        return (
-            f"{keys} AND series_id IN (SELECT id FROM wanted) "
-            f"AND c BETWEEN {int(span[0])} AND {int(span[1])}"
+        cells = f"c BETWEEN {int(span[0])} AND {int(span[1])}"
+        return f"{keys} AND series_id IN (SELECT id FROM wanted) AND ({cells}" + (
+            f" OR {also})" if also else ")"
         )
 
     def _match(self, matchers: Sequence[Matcher]) -> list[int]:
@@ -736,9 +780,13 @@ class DuckDBStore:
         span = None
         if thin and hints is not None and w and hints.start_ms % w == hints.step_ms % w == 0:
             span = self._cell_span(mint_ms, maxt_ms)  # each cell inside one step bucket
-        blocks_also = ""
+        blocks_also, raw_mint, edge_cell = "", mint_ms, ""
         if span is not None:  # cells stand for their samples: each gives its newest one
             blocks_also = f"NOT (t BETWEEN {(span[0] - 1) * w + 1} AND {span[1] * w})"
+            edge = self._edge_cell(mint_ms) if (span[0] - 1) * w == mint_ms else None
+            if edge is not None:  # the sample exactly at mint too: no block row to read
+                edge_cell = f"(c = {edge} AND coalesce(top_dt, last_dt) = {w})"
+                blocks_also, raw_mint = "", span[1] * w + 1
 
         def run(cur: duckdb.DuckDBPyConnection, rows: str) -> dict[str, Any]:
             if span is not None and hints is not None:
@@ -746,17 +794,20 @@ class DuckDBStore:
                 tops = (
                     f"SELECT series_id, (c::BIGINT - 1) * {w} + coalesce(top_dt, last_dt) AS t, "
                     "CASE WHEN top_dt IS NULL THEN last_v ELSE 'NaN'::DOUBLE END AS v, "
-                    "top_dt IS NOT NULL AND NOT top_real AS marker FROM cells "
-                    f"WHERE {self._cells_where(ids, span)}"
+                    "top_dt IS NOT NULL AND NOT top_real AS marker FROM cells WHERE "
                 )
                 if hints.step_ms == w:  # a cell is a step bucket: its top is the newest
+                    first = self._cells_where(ids, (span[0], span[0]), edge_cell)
+                    rest = self._cells_where(ids, (span[0] + 1, span[1]))
                     sql = (
-                        "SELECT series_id, max(t) AS t, arg_max(v, t) AS v, false AS marker "
-                        f"FROM {rows} GROUP BY series_id, greatest(ceil((t - ?) / ?), 0) "
-                        f"UNION ALL {tops} ORDER BY 1, 2"
+                        "SELECT series_id, max(t) AS t, arg_max(v, t) AS v, "
+                        "arg_max(marker, t) AS marker FROM (SELECT *, false AS marker FROM "
+                        f"{rows} UNION ALL {tops}{first}) GROUP BY series_id, "
+                        f"greatest(ceil((t - ?) / ?), 0) UNION ALL {tops}{rest} ORDER BY 1, 2"
                     )
                     return cur.execute(sql, [hints.start_ms, hints.step_ms]).fetchnumpy()
-                rows = f"(SELECT *, false AS marker FROM {rows} UNION ALL {tops})"
+                every = self._cells_where(ids, span, edge_cell)
+                rows = f"(SELECT *, false AS marker FROM {rows} UNION ALL {tops}{every})"
             if one_instant:  # the newest sample of each series in the window
                 sql = f"SELECT series_id, max(t) AS t, arg_max(v, t) AS v FROM {rows} GROUP BY 1"
                 return cur.execute(sql + " ORDER BY 1").fetchnumpy()
@@ -772,7 +823,7 @@ class DuckDBStore:
                 return cur.execute(sql, [hints.start_ms, hints.step_ms]).fetchnumpy()
             return cur.execute(f"SELECT series_id, t, v FROM {rows} ORDER BY 1, 2").fetchnumpy()
 
-        cols = self._read(ids, mint_ms, maxt_ms, run, blocks_also)
+        cols = self._read(ids, raw_mint, maxt_ms, run, blocks_also)
         sids = np.asarray(cols["series_id"], np.int64)
         ts = np.asarray(cols["t"], np.int64)
         vs = np.asarray(cols["v"], np.float64)
@@ -825,12 +876,30 @@ class DuckDBStore:
         bucket = f"(t - {base} + {width - 1}) // {width}"
         blocks_also = ""
         cells_part = ""
+        raw_mint = base
         if span is not None:
             cell_b = f"(c::BIGINT * {w} - {base} + {width - 1}) // {width}"
             cell_start = f"(c::BIGINT - 1) * {w}"
             if aligned:  # every cell lies inside one bucket
                 inside = "true"
                 blocks_also = f"NOT (t BETWEEN {(span[0] - 1) * w + 1} AND {span[1] * w})"
+                zero = self._edge_cell(base) if (span[0] - 1) * w == base else None
+                if zero is not None:  # bucket 0 (the sample at base) from the cell ending there
+                    cells_part = self._bucket_zero(ids, zero, base, counter=counter)
+                    blocks_also, raw_mint = "", span[1] * w + 1
+            elif n <= 64:  # few buckets: the cells inside each, as ranges of cells and times
+                spans = _inside_cells(base, width, n, w, span)
+                inside = (
+                    "(" + (" OR ".join(f"c BETWEEN {a} AND {z}" for a, z in spans) or "false") + ")"
+                )
+                blocks_also = (
+                    "NOT ("
+                    + (
+                        " OR ".join(f"t BETWEEN {(a - 1) * w + 1} AND {z * w}" for a, z in spans)
+                        or "false"
+                    )
+                    + ")"
+                )
             else:  # the cells inside a bucket stand for their samples; the others are read
                 inside = f"{cell_start} >= {base} + ({cell_b} - 1) * {width}"
                 rc = f"((t + {w - 1}) // {w})"
@@ -842,7 +911,7 @@ class DuckDBStore:
             counter_cols = (
                 f", {cell_start} + first_dt AS first_t, first_v AS first, inc" if counter else ""
             )
-            cells_part = (
+            cells_part += (
                 f" UNION ALL SELECT series_id, {cell_b} AS b, 0 AS side, n, s, NULL::DOUBLE AS lo, "
                 "NULL::DOUBLE AS hi, "
                 f"last_v AS last, {cell_start} + last_dt AS last_t, CASE WHEN {cell_start} + "
@@ -885,8 +954,10 @@ class DuckDBStore:
                 f"count(*) FILTER (WHERE isnan(v)) AS nans, 0 AS bad{counter_cols} "
                 f"FROM ({raw}) GROUP BY series_id, b, side{cells_part}"
             )
-            if counter:  # each group's empty parts first, then the others oldest first
-                cols: dict[str, Any] = _fold_parts(
+            if counter and width == w:  # one part per (series, bucket): nothing to fold
+                cols: dict[str, Any] = cur.execute(parts).fetchnumpy()
+            elif counter:  # each group's empty parts first, then the others oldest first
+                cols = _fold_parts(
                     cur.execute(
                         f"SELECT * FROM ({parts}) ORDER BY series_id, b, n > 0, first_t"
                     ).fetchnumpy()
@@ -905,7 +976,7 @@ class DuckDBStore:
                     return None  # a real NaN: the caller applies Prometheus' rules to samples
             return cols
 
-        found = self._read(ids, base, maxt, run, blocks_also)
+        found = self._read(ids, raw_mint, maxt, run, blocks_also)
         if found is None:
             return None
         if counter and self._late:
