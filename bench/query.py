@@ -21,8 +21,9 @@ gauges each loaded alone into fresh instances. Fleetscope is loaded compacting a
 the server's housekeeping thread does live: 2 h runs, merged per day and per week; the layout
 is printed; each moved block also writes its five-minute cells, store/cells.py), and its size is
 given twice: the file, and the blocks in use (the file keeps the blocks compaction freed, for
-later writes; cells included). Data loaded by an older version gets its cells when the store is
-opened (timed and printed). Use ``--days 9`` or more for a closed week.
+later writes; cells included). The store is compacted once when opened, as the server does
+(data loaded by an older version gets its cells then; timed and printed). Use ``--days 9`` or
+more for a closed week.
 
 Range queries end at a multiple of their step, as the overview page and Grafana send them (both
 align ``end``); instant queries run at the last tick.
@@ -1030,8 +1031,8 @@ def run_all(
         ]  # fmt: skip
         store = TimedStore(db)
         started = time.perf_counter()
-        if store.build_cells():  # data loaded before the store kept cells
-            print(f"built the cells in {time.perf_counter() - started:.0f} s", flush=True)
+        store.compact()  # as the server does at start: closed blocks, cells of older data
+        print(f"compacted on open in {time.perf_counter() - started:.0f} s", flush=True)
         sizes.insert(
             1,
             (

@@ -250,3 +250,28 @@ def test_a_real_nan_in_a_cell_sends_the_caller_to_samples(tmp_path: Path) -> Non
     gauge = [Matcher("__name__", "=", "fleet_gpu_power_watts")]
     assert cells.select_buckets(gauge, 0, 60 * MIN, 2) is None
     assert cells.select_buckets(gauge, 30 * MIN, W, 5) is not None  # after it
+
+
+def test_samples_an_older_version_left_at_a_block_edge_join_their_cells(tmp_path: Path) -> None:
+    # Before cells, blocks were [k·block, (k+1)·block): the sample exactly at a block's end
+    # stayed in the head while the cell ending there went to the blocks.
+    path = tmp_path / "legacy.duckdb"
+    legacy = DuckDBStore(path, block_ms=30 * MIN, head_keep_ms=0, cell_ms=0)
+    batch = SampleBatch.from_rows(_history(np.random.default_rng(4), hours=3))
+    legacy.append(batch)
+    con = legacy._con
+    con.execute(
+        "INSERT INTO blocks SELECT 0, 0, series_id, t, v FROM samples WHERE t < ? ORDER BY 3, 4",
+        [120 * MIN],
+    )
+    con.execute("DELETE FROM samples WHERE t < ?", [120 * MIN])
+    legacy.close()
+    upgraded = Cells(path, block_ms=30 * MIN, head_keep_ms=0)
+    assert upgraded._late  # the head holds the sample at exactly 2 h
+    assert upgraded.build_cells()  # cells of the blocks first (the cell ending at 2 h lacks it)
+    upgraded.compact()  # … then the head's blocks move, the sample at 2 h with them
+    _, plain = _pair(tmp_path, "f")
+    plain.append(batch)
+    plain.compact()
+    assert _compare(upgraded, plain, "fleet_gpu_energy_joules_total") == 2
+    assert upgraded.cell_reads > 0

@@ -277,6 +277,7 @@ class DuckDBStore:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._con = duckdb.connect(self.path)
+        self._con.execute("SET enable_progress_bar = false")  # long builds: no bar in logs
         self._con.execute(_SCHEMA)
         self._con.execute(cells.SCHEMA)
         self._lock = threading.Lock()
@@ -308,8 +309,14 @@ class DuckDBStore:
         self._head = np.full(len(self._labels), _NO_HEAD, np.int64)
         self._merged_until: dict[int, int] = {}  # span → end of the spans already merged
         row = self._con.execute("SELECT max(t) FROM blocks").fetchone()
-        # no block row is newer than this (an upper bound): selects after it skip the blocks
-        self._blocks_max_t = _NO_HEAD if row is None or row[0] is None else int(row[0])
+        # No block row is newer than this (an upper bound): selects after it skip the blocks.
+        # Compaction moves whole blocks (k·block_ms, (k+1)·block_ms], so the end of the newest
+        # one; a head sample not newer (another block length, an older version) is "late".
+        self._blocks_max_t = (
+            _NO_HEAD
+            if row is None or row[0] is None
+            else -(-int(row[0]) // self.block_ms) * self.block_ms
+        )
         row = self._con.execute("SELECT max(run) FROM blocks").fetchone()
         self._next_run = 0 if row is None or row[0] is None else int(row[0]) + 1
         self._load_cells()
@@ -1228,10 +1235,12 @@ class DuckDBStore:
 
     def _build_block_cells(self, run: int, end_ms: int) -> None:
         """The cells of block ``run`` ending at ``end_ms`` (in the caller's transaction). The
-        block's own span is whole new cells; an older sample in it (a straggler) falls into a
-        cell that may exist already: those cells are built again from every run."""
+        block's own span is whole new cells; an older sample in it (a straggler, or a sample
+        an older version left in the head at a block's edge) falls into a cell that may exist
+        already: those cells are built again from every run."""
         con, w, keys = self._con, self.cell_ms, self._counter_keys()
-        start = end_ms - self.block_ms
+        # cells up to the blocks' previous end may exist (a whole number of cells: W divides it)
+        start = max(end_ms - self.block_ms, self._blocks_max_t // w * w)
         row = con.execute(f"SELECT min(t) FROM blocks WHERE run = {run}").fetchone()
         if row is not None and row[0] is not None and int(row[0]) <= start:
             con.execute(
