@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from fleetscope.query.value import make_labels
 from fleetscope.store import (
     BUCKET_AGGREGATES,
     COUNTER_AGGREGATE,
@@ -161,6 +162,7 @@ def _compare(cells: DuckDBStore, plain: DuckDBStore, metric: str) -> int:
         b = plain.select(matchers, start - W, 6 * 60 * MIN, hints)
         assert [x.labels for x in a] == [x.labels for x in b]
         for x, y in zip(a, b, strict=True):
+            assert x.pairs == make_labels(x.labels)  # the evaluator's form, ready made
             assert x.t_ms.tolist() == y.t_ms.tolist()
             assert x.values.view(np.int64).tolist() == y.values.view(np.int64).tolist()
     return used

@@ -129,6 +129,9 @@ def _vector_scalar(op: str, vec: Vector, scalar: F64, *, swap: bool, return_bool
 def _signature(matching: Matching) -> Callable[[Labels], Labels | tuple[str, ...]]:
     if matching.on:
         names = sorted(set(matching.names))
+        if len(names) == 1:  # on(gpu_uuid): the usual join
+            name = names[0]
+            return lambda lab: (label_value(lab, name),)
         return lambda lab: tuple(label_value(lab, n) for n in names)
     dropped = frozenset(matching.names) | {NAME}
     return lambda lab: drop_labels(lab, dropped)

@@ -852,7 +852,7 @@ def _matching(op: str, mod: Any) -> Matching:
 
 
 def _flatten(found: list[Series]) -> _Samples:
-    labels = [make_labels(s.labels) for s in found]
+    labels = [make_labels(s.labels) if s.pairs is None else s.pairs for s in found]
     sizes = np.array([len(s.t_ms) for s in found], np.int64)
     return _Samples(
         labels,

@@ -20,6 +20,7 @@ values (Prometheus' "a label with an empty value does not exist").
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -51,11 +52,10 @@ def make_labels(pairs: Mapping[str, str] | Iterable[tuple[str, str]]) -> Labels:
 
 
 def label_value(labels: Labels, name: str) -> str:
-    """The value of ``name`` (``""`` when the label is missing)."""
-    for k, v in labels:
-        if k == name:
-            return v
-    return ""
+    """The value of ``name`` (``""`` when the label is missing): a binary search, label sets
+    being sorted by name."""
+    i = bisect_left(labels, (name,))
+    return labels[i][1] if i < len(labels) and labels[i][0] == name else ""
 
 
 def drop_name(labels: Labels) -> Labels:

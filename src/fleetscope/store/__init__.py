@@ -204,6 +204,9 @@ class Series:
     labels: dict[str, str]
     t_ms: npt.NDArray[np.int64]
     values: npt.NDArray[np.float64]
+    pairs: tuple[tuple[str, str], ...] | None = None
+    """The labels as sorted ``(name, value)`` pairs without empty values, when the store keeps
+    them at hand (the evaluator's form of a label set; it builds it from ``labels`` else)."""
 
 
 @dataclass

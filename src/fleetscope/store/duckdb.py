@@ -284,6 +284,7 @@ class DuckDBStore:
         self._labels: list[dict[str, str]] = []
         # each series' sorted label pairs: results are sorted by them (MetricStore.select)
         self._sort_keys: list[tuple[tuple[str, str], ...]] = []
+        self._pairs: list[tuple[tuple[str, str], ...]] = []  # the same, without empty values
         self._ids: dict[str, int] = {}
         # label pairs in the order a client sent them → id; skips building the canonical key
         # for series seen before (the common case: every scrape repeats the same label sets)
@@ -403,7 +404,9 @@ class DuckDBStore:
     def _register(self, labels: dict[str, str], key: str) -> int:
         sid = len(self._labels)
         self._labels.append(labels)
-        self._sort_keys.append(tuple(sorted(labels.items())))
+        pairs = tuple(sorted(labels.items()))
+        self._sort_keys.append(pairs)
+        self._pairs.append(pairs if all(v for _, v in pairs) else tuple(p for p in pairs if p[1]))
         self._ids[key] = sid
         same_metric = self._by_name.setdefault(labels.get(METRIC_NAME, ""), [])
         same_metric.append(sid)
@@ -469,6 +472,9 @@ class DuckDBStore:
         if len(keys) <= 16:
             return f"metric_key IN ({','.join(map(str, keys))}) AND {span}", span
         return span, span
+
+    def _series(self, sid: int, t: npt.NDArray[np.int64], v: npt.NDArray[np.float64]) -> Series:
+        return Series(dict(self._labels[sid]), t, v, self._pairs[sid])
 
     def _in_label_order(self, ids: Sequence[int] | npt.NDArray[np.int64]) -> list[int]:
         """Positions of ``ids`` ordered by their series' sorted label pairs."""
@@ -779,7 +785,7 @@ class DuckDBStore:
             if now is not None:
                 sids, ts, vs = now
                 return [
-                    Series(dict(self._labels[int(sids[k])]), ts[k : k + 1], vs[k : k + 1])
+                    self._series(int(sids[k]), ts[k : k + 1], vs[k : k + 1])
                     for k in self._in_label_order(sids)
                 ]
         thin = hints is not None and hints.step_ms > 0 and hints.func is None
@@ -841,7 +847,7 @@ class DuckDBStore:
         starts = np.flatnonzero(np.concatenate(([True], sids[1:] != sids[:-1])))
         ends = np.append(starts[1:], len(sids))
         return [  # views: callers flatten them again at once (disjoint slices, never shared)
-            Series(dict(self._labels[int(sids[a])]), ts[a:b], vs[a:b])
+            self._series(int(sids[a]), ts[a:b], vs[a:b])
             for a, b in ((starts[k], ends[k]) for k in self._in_label_order(sids[starts]))
         ]
 
