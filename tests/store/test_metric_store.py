@@ -436,3 +436,23 @@ def test_an_instant_select_at_the_newest_time_is_answered_without_sql(tmp_path: 
     s.delete_before(700_000)  # retention of everything: nothing is left to answer with
     assert instant(s, 600_000) == []
     s.close()
+
+
+def test_reads_come_back_in_label_order_before_and_after_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "o.duckdb"
+    names = ["b", "a", "c10", "c2", "a"]
+    s = DuckDBStore(path)
+    for n, name in enumerate(names[:3]):  # registered out of order
+        s.append(SampleBatch.from_rows([(gpu(0, node=name, k=str(n)), 1000, 1.0)]))
+    s.close()
+    s = DuckDBStore(path)
+    for n, name in enumerate(names[3:], start=3):  # and more after the restart
+        s.append(SampleBatch.from_rows([(gpu(0, node=name, k=str(n)), 1000, 1.0)]))
+    want = sorted(
+        (gpu(0, node=name, k=str(n)) for n, name in enumerate(names)),
+        key=lambda lab: sorted(lab.items()),
+    )
+    everything = [Matcher("__name__", "=~", ".+")]
+    assert [x.labels for x in s.select(everything, 0, 2000)] == want
+    assert s.series(everything) == want
+    s.close()

@@ -42,6 +42,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from bisect import insort
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -285,6 +286,10 @@ class DuckDBStore:
         # each series' sorted label pairs: results are sorted by them (MetricStore.select)
         self._sort_keys: list[tuple[tuple[str, str], ...]] = []
         self._pairs: list[tuple[tuple[str, str], ...]] = []  # the same, without empty values
+        self._ranked: list[tuple[tuple[tuple[str, str], ...], int]] = []  # (sort key, id), sorted
+        self._ranked_live = False  # at load, sorted once at the end; then kept sorted
+        self._rank = np.empty(0, np.int64)  # series id → position in _ranked (lazily)
+        self._rank_lock = threading.Lock()
         self._ids: dict[str, int] = {}
         # label pairs in the order a client sent them → id; skips building the canonical key
         # for series seen before (the common case: every scrape repeats the same label sets)
@@ -307,6 +312,8 @@ class DuckDBStore:
             if sid != len(self._labels):
                 raise RuntimeError(f"series table is corrupt near id {sid}")
             self._register(dict(json.loads(text)), text)
+        self._ranked = sorted((key, sid) for sid, key in enumerate(self._sort_keys))
+        self._ranked_live = True
         self._head = np.full(len(self._labels), _NO_HEAD, np.int64)
         self._merged_until: dict[int, int] = {}  # span → end of the spans already merged
         row = self._con.execute("SELECT max(t) FROM blocks").fetchone()
@@ -406,6 +413,9 @@ class DuckDBStore:
         self._labels.append(labels)
         pairs = tuple(sorted(labels.items()))
         self._sort_keys.append(pairs)
+        if self._ranked_live:
+            with self._rank_lock:
+                insort(self._ranked, (pairs, sid))
         self._pairs.append(pairs if all(v for _, v in pairs) else tuple(p for p in pairs if p[1]))
         self._ids[key] = sid
         same_metric = self._by_name.setdefault(labels.get(METRIC_NAME, ""), [])
@@ -477,9 +487,17 @@ class DuckDBStore:
         return Series(dict(self._labels[sid]), t, v, self._pairs[sid])
 
     def _in_label_order(self, ids: Sequence[int] | npt.NDArray[np.int64]) -> list[int]:
-        """Positions of ``ids`` ordered by their series' sorted label pairs."""
-        keys = self._sort_keys
-        return sorted(range(len(ids)), key=lambda k: keys[int(ids[k])])
+        """Positions of ``ids`` ordered by their series' sorted label pairs (through every
+        series' rank in that order, kept sorted as series come: no tuple sort per read)."""
+        with self._rank_lock:
+            if len(self._rank) != len(self._ranked):
+                self._rank = np.empty(len(self._ranked), np.int64)
+                self._rank[np.fromiter((i for _, i in self._ranked), np.int64)] = np.arange(
+                    len(self._ranked)
+                )
+            rank = self._rank
+        order: list[int] = np.argsort(rank[np.asarray(ids, np.int64)], kind="stable").tolist()
+        return order
 
     def _cells_where(self, ids: Sequence[int], span: tuple[int, int], also: str = "") -> str:
         """The cells of ``ids`` (sorted, registered as ``wanted``) numbered ``span``, and those
