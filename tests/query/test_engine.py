@@ -203,6 +203,30 @@ def test_many_to_many_matching_is_an_execution_error(duck: DuckDBStore) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("a + on(x) c", "many-to-one matching must be explicit (group_left/group_right)"),
+        ("{__name__=~'a|b'} * on(x) group_left() c", "grouping labels must ensure unique matches"),
+    ],
+)
+def test_matches_that_are_not_unique_are_execution_errors(query: str, message: str) -> None:
+    store = FakeMetricStore()
+    store.append(
+        SampleBatch.from_rows(
+            [({"__name__": n, "x": "1", "y": y}, 0, 1.0) for n, y in (("a", "1"), ("a", "2"))]
+            + [({"__name__": "b", "x": "1", "y": "1"}, 0, 2.0)]
+            + [({"__name__": "c", "x": "1"}, 0, 3.0)]
+        )
+    )
+    with pytest.raises(QueryError) as err:
+        Evaluator(store).instant(query, MIN)
+    assert err.value.error_type == "execution"
+    assert f"multiple matches for labels: {message}" in err.value.message
+    fine = "a{y='1'} + on(x) c" if query.startswith("a") else "b * on(x) group_left() c"
+    assert len(Evaluator(store).instant(fine, MIN).series) == 1  # one match each: no error
+
+
 def test_selects_pass_prometheus_hints() -> None:
     store = RecordingStore()
     store.append(SampleBatch.from_rows(_rows()[:50]))

@@ -216,7 +216,8 @@ def _vector_vector(op: str, lhs: Vector, rhs: Vector, matching: Matching) -> Vec
     for key in pairs:
         mi, oi = divmod(int(key), max(len(one.labels), 1))
         labels.append(_result_labels(op, many.labels[mi], one.labels[oi], matching))
-    _check_unique_matches(matching, many_sid[m_row], pair_idx, labels, step)
+    pair_many = pairs // max(len(one.labels), 1)
+    _check_unique_matches(matching, many_sid[m_row], pair_idx, labels, step, pair_many)
     out_values = np.full((len(pairs), steps), np.nan)
     out_present = np.zeros((len(pairs), steps), np.bool_)
     out_values[pair_idx, step] = values
@@ -255,21 +256,38 @@ def _one_side_rows(one: Vector, sid: I64, signatures: int, matching: Matching) -
 
 
 def _check_unique_matches(
-    matching: Matching, sid: I64, pair_idx: I64, labels: list[Labels], step: I64
+    matching: Matching,
+    sid: I64,
+    pair_idx: I64,
+    labels: list[Labels],
+    step: I64,
+    pair_many: I64,
 ) -> None:
-    """Prometheus' per-step checks that each match signature yields one output series."""
+    """Prometheus' per-step checks that each match signature yields one output series.
+
+    ``sid``, ``pair_idx``, ``step``: per matched sample, its signature, pair and step;
+    ``labels``, ``pair_many``: per pair, its output labels and its many-side row. A many-side
+    row matches once per step, so only a group (signature, and output labels when grouping)
+    reached from two many-side rows can break the rule: without one, no per-step check.
+    """
     if len(step) == 0:
         return
     steps = int(step.max()) + 1
+    pair_sid = np.zeros(len(labels), np.int64)
+    pair_sid[pair_idx] = sid
     if matching.card == ONE_TO_ONE:
-        key = sid * steps + step
+        key, group = sid * steps + step, pair_sid
         message = "multiple matches for labels: many-to-one matching must be explicit " \
             "(group_left/group_right)"  # fmt: skip
     else:
         label_ids: dict[Labels, int] = {}
         lid = np.array([label_ids.setdefault(lab, len(label_ids)) for lab in labels], np.int64)
         key = (sid * len(label_ids) + lid[pair_idx]) * steps + step
+        group = pair_sid * len(label_ids) + lid
         message = "multiple matches for labels: grouping labels must ensure unique matches"
+    rows = int(pair_many.max()) + 1 if len(pair_many) else 1
+    if len(np.unique(group * rows + pair_many)) == len(np.unique(group)):
+        return  # every group has one many-side row
     if len(np.unique(key)) != len(key):
         raise QueryError("execution", message)
 

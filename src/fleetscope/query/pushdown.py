@@ -215,6 +215,8 @@ def _window_rates(
     arithmetic, or ``None`` without the counter aggregates or with a non-finite value read."""
     if b.first is None or b.first_t is None or b.last_t is None or b.increase is None:
         return None
+    if p.per_window == 1:  # rate(x[5m]) at 5 m steps: one bucket and an edge, no prefix sums
+        return _one_bucket_rates(b, p, first, count, per_second=per_second)
     rows = np.arange(len(b.labels))[:, None]
     at = np.arange(p.n, dtype=np.int64)
     nonempty = b.count > 0
@@ -260,4 +262,28 @@ def _window_rates(
     return extrapolate(
         first_v, last_v, first_t.astype(np.float64), last_t.astype(np.float64), count,
         increase, range_end, p.per_window * p.width_ms, counter=True, per_second=per_second,
+    )  # fmt: skip
+
+
+def _one_bucket_rates(
+    b: Buckets, p: BucketPlan, first: I64, count: I64, *, per_second: bool
+) -> tuple[F64, Bools] | None:
+    """:func:`_window_rates` for windows of one bucket (``first + 1``) and the edge sample:
+    the same numbers wherever a window holds two samples (so its bucket is not empty)."""
+    assert b.first is not None and b.first_t is not None and b.last_t is not None
+    assert b.increase is not None
+    j = first + 1
+    has_edge = b.has_edge[:, first]
+    edge, edge_t = b.edge[:, first], (p.base_ms + first * p.width_ms).astype(np.float64)
+    first_j = b.first[:, j]
+    increase = b.increase[:, j] + np.where(has_edge, _step(edge, first_j), 0.0)
+    first_v = np.where(has_edge, edge, first_j)
+    first_t = np.where(has_edge, edge_t[None, :], b.first_t[:, j])
+    last_v, last_t = b.last[:, j], b.last_t[:, j]
+    used = count >= 2
+    if any((used & ~np.isfinite(x)).any() for x in (increase, first_v, last_v)):
+        return None
+    return extrapolate(
+        first_v, last_v, first_t.astype(np.float64), last_t.astype(np.float64), count,
+        increase, p.base_ms + j * p.width_ms, p.width_ms, counter=True, per_second=per_second,
     )  # fmt: skip

@@ -1018,10 +1018,10 @@ class DuckDBStore:
         order = self._in_label_order(present)
         row_of = np.empty(int(present.max()) + 1 if len(present) else 0, np.int64)
         row_of[present[order]] = np.arange(len(order))
-        r, b = row_of[sids], np.asarray(cols["b"], np.int64)
+        flat = row_of[sids] * n + np.asarray(cols["b"], np.int64)  # row-major [series, n]
         out = _empty_buckets(len(present), n)
         count, total, lo, hi, last, edge, has_edge = out
-        count[r, b] = np.asarray(cols["n"], np.int64)
+        count.reshape(-1)[flat] = np.asarray(cols["n"], np.int64)
         named = [(total, "s"), (lo, "lo"), (hi, "hi"), (last, "last"), (edge, "edge")]
         extra: dict[str, Any] = {}
         if counter:
@@ -1031,14 +1031,14 @@ class DuckDBStore:
                 "first": np.full((len(present), n), np.nan),
                 "increase": np.full((len(present), n), np.nan),
             }
-            extra["first_t"][r, b] = cols["first_t"]
-            extra["last_t"][r, b] = cols["last_t"]
+            extra["first_t"].reshape(-1)[flat] = np.ma.getdata(cols["first_t"])
+            extra["last_t"].reshape(-1)[flat] = np.ma.getdata(cols["last_t"])
             named += [(extra["first"], "first"), (extra["increase"], "inc")]
-        for array, name in named:
-            column = cols[name]
-            array[r, b] = np.ma.getdata(column).astype(np.float64)
-            array[r[np.ma.getmaskarray(column)], b[np.ma.getmaskarray(column)]] = np.nan
-        has_edge[r, b] = ~np.ma.getmaskarray(cols["edge"])
+        for array, name in named:  # NULL (nothing there, or not asked for): NaN, as it was
+            data, missing = np.ma.getdata(cols[name]), np.ma.getmaskarray(cols[name])
+            if not missing.all():
+                array.reshape(-1)[flat] = np.where(missing, np.nan, data)
+        has_edge.reshape(-1)[flat] = ~np.ma.getmaskarray(cols["edge"])
         labels = [dict(self._labels[int(present[i])]) for i in order]
         return Buckets(labels, count, total, lo, hi, last, edge, has_edge, **extra)
 
