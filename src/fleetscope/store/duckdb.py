@@ -410,13 +410,13 @@ class DuckDBStore:
 
     def _register(self, labels: dict[str, str], key: str) -> int:
         sid = len(self._labels)
-        self._labels.append(labels)
         pairs = tuple(sorted(labels.items()))
         self._sort_keys.append(pairs)
+        self._pairs.append(pairs if all(v for _, v in pairs) else tuple(p for p in pairs if p[1]))
         if self._ranked_live:
             with self._rank_lock:
                 insort(self._ranked, (pairs, sid))
-        self._pairs.append(pairs if all(v for _, v in pairs) else tuple(p for p in pairs if p[1]))
+        self._labels.append(labels)  # last: a reader that finds the series finds it ranked
         self._ids[key] = sid
         same_metric = self._by_name.setdefault(labels.get(METRIC_NAME, ""), [])
         same_metric.append(sid)
