@@ -12,7 +12,10 @@ the epoch) of runs are merged into one run each: the longer a series' stretch of
 better DuckDB's delta bit-packing does on ``t`` (a row group mixing many short stretches pays
 ~23 bits per timestamp at every jump back in time). Measured on GPU gauges at 15 s: ~4.1 bytes
 per sample in 2 h runs, ~2.4 in day runs, ~1.4 in week runs (~4.4 as appended). Every read is a
-union of the two tables; which table or run holds a sample never changes an answer.
+union of the two tables; which table or run holds a sample never changes an answer. Blocks are
+closed on the right, ``(k·2h, (k+1)·2h]``, so that each is a whole number of the five-minute
+*cells* that compaction writes beside it (``cells``, see store/cells.py): per series and cell,
+the aggregates that bucket reads and aligned instant selectors take instead of the samples.
 
 Series are few (thousands) and samples many (hundreds of millions), so the series index lives in
 memory — label matching runs over it in Python, as a postings lookup would — and only
