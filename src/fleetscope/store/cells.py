@@ -45,7 +45,10 @@ import pyarrow as pa
 
 from fleetscope.store import STALE_NAN_BITS
 
-__all__ = ["CELL_MS", "COUNTER_SUFFIXES", "SCHEMA", "VERSION", "build", "is_counter"]
+__all__ = [
+    "CELL_MS", "COUNTER_SUFFIXES", "INCREASE", "SCHEMA", "VERSION", "build", "is_counter",
+    "with_steps",
+]  # fmt: skip
 
 CELL_MS = 300_000
 VERSION = 1  # of the table's layout: a store finding another one builds its cells again
@@ -59,6 +62,19 @@ CREATE TABLE IF NOT EXISTS cells (metric_key INTEGER NOT NULL, series_id INTEGER
 """
 
 _OK = "FILTER (WHERE NOT isnan(v))"
+INCREASE = f"CASE WHEN count(v) {_OK} > 0 THEN coalesce(sum(d), 0) END"
+"""The reset-corrected increase of a group of :func:`with_steps` rows (NULL when empty)."""
+
+
+def with_steps(columns: str, source: str, partition: str) -> str:
+    """``columns`` of ``source`` (a subquery with ``t`` and ``v`` among them) and ``d``: each
+    not-NaN sample's step from the previous not-NaN one of its ``partition`` (``v - previous``,
+    or ``v`` after a counter reset; NULL for the first). Their sum is the group's increase."""
+    return (
+        f"SELECT {columns}, CASE WHEN p IS NULL OR isnan(v) THEN NULL WHEN v >= p THEN v - p "
+        f"ELSE v END AS d FROM (SELECT {columns}, lag(CASE WHEN isnan(v) THEN NULL ELSE v END "
+        f"IGNORE NULLS) OVER (PARTITION BY {partition} ORDER BY t) AS p FROM {source})"
+    )
 
 
 def is_counter(metric: str) -> bool:
@@ -73,21 +89,11 @@ def _insert_sql(width: int, source: str, *, counter: bool) -> str:
     w = int(width)
     cell = f"(t + {w - 1}) // {w}"
     start = f"(c::BIGINT - 1) * {w}"
-    if counter:
-        # the increase over consecutive not-NaN samples of the cell, a reset counting as v
-        inner = (
-            "SELECT metric_key, series_id, t, v, c, CASE WHEN p IS NULL OR isnan(v) THEN NULL "
-            "WHEN v >= p THEN v - p ELSE v END AS d FROM (SELECT metric_key, series_id, t, v, "
-            f"{cell} AS c, lag(CASE WHEN isnan(v) THEN NULL ELSE v END IGNORE NULLS) OVER "
-            f"(PARTITION BY series_id, {cell} ORDER BY t) AS p FROM {source})"
-        )
-        first = (
-            f"(min(t) {_OK} - {start})::INTEGER, arg_min(v, t) {_OK}, "
-            f"CASE WHEN count(v) {_OK} > 0 THEN coalesce(sum(d), 0) END"
-        )
-    else:
-        inner = f"SELECT metric_key, series_id, t, v, {cell} AS c FROM {source}"
-        first = "NULL, NULL, NULL"
+    inner = f"SELECT metric_key, series_id, t, v, {cell} AS c FROM {source}"
+    first = "NULL, NULL, NULL"
+    if counter:  # the increase over consecutive not-NaN samples of the cell
+        inner = with_steps("metric_key, series_id, t, v, c", f"({inner})", "series_id, c")
+        first = f"(min(t) {_OK} - {start})::INTEGER, arg_min(v, t) {_OK}, {INCREASE}"
     newest_is_nan = "isnan(arg_max(v, t))"
     return (
         f"INSERT INTO cells SELECT metric_key, series_id, c, count(v) {_OK}, sum(v) {_OK}, "

@@ -286,9 +286,8 @@ class DuckDBStore:
         self._con.execute(cells.SCHEMA)
         self._lock = threading.Lock()
         self._labels: list[dict[str, str]] = []
-        # each series' sorted label pairs: results are sorted by them (MetricStore.select)
-        self._sort_keys: list[tuple[tuple[str, str], ...]] = []
-        self._pairs: list[tuple[tuple[str, str], ...]] = []  # the same, without empty values
+        # each series' sorted label pairs without empty values (the evaluator's label sets)
+        self._pairs: list[tuple[tuple[str, str], ...]] = []
         self._ranked: list[tuple[tuple[tuple[str, str], ...], int]] = []  # (sort key, id), sorted
         self._ranked_live = False  # at load, sorted once at the end; then kept sorted
         self._rank = np.empty(0, np.int64)  # series id → position in _ranked (lazily)
@@ -315,7 +314,7 @@ class DuckDBStore:
             if sid != len(self._labels):
                 raise RuntimeError(f"series table is corrupt near id {sid}")
             self._register(dict(json.loads(text)), text)
-        self._ranked = sorted((key, sid) for sid, key in enumerate(self._sort_keys))
+        self._ranked.sort()
         self._ranked_live = True
         self._head = np.full(len(self._labels), _NO_HEAD, np.int64)
         self._merged_until: dict[int, int] = {}  # span → end of the spans already merged
@@ -383,6 +382,90 @@ class DuckDBStore:
         c_hi = min(self._blocks_max_t, maxt) // w
         return (c_lo, c_hi) if c_lo <= c_hi else None
 
+    def _as_buckets(self, cols: dict[str, Any], n: int, *, counter: bool) -> Buckets:
+        """:class:`Buckets` from one row per (series, bucket): series in label order, NULLs
+        (nothing there, or not asked for) as NaN."""
+        sids = np.asarray(cols["series_id"], np.int64)
+        present = np.unique(sids)
+        order = self._in_label_order(present)
+        row_of = np.empty(int(present.max()) + 1 if len(present) else 0, np.int64)
+        row_of[present[order]] = np.arange(len(order))
+        flat = row_of[sids] * n + np.asarray(cols["b"], np.int64)  # row-major [series, n]
+        out = _empty_buckets(len(present), n)
+        count, total, lo, hi, last, edge, has_edge = out
+        count.reshape(-1)[flat] = np.asarray(cols["n"], np.int64)
+        named = [(total, "s"), (lo, "lo"), (hi, "hi"), (last, "last"), (edge, "edge")]
+        extra: dict[str, Any] = {}
+        if counter:
+            extra = {
+                "first_t": np.zeros((len(present), n), np.int64),
+                "last_t": np.zeros((len(present), n), np.int64),
+                "first": np.full((len(present), n), np.nan),
+                "increase": np.full((len(present), n), np.nan),
+            }
+            extra["first_t"].reshape(-1)[flat] = np.ma.getdata(cols["first_t"])
+            extra["last_t"].reshape(-1)[flat] = np.ma.getdata(cols["last_t"])
+            named += [(extra["first"], "first"), (extra["increase"], "inc")]
+        for array, name in named:
+            data, missing = np.ma.getdata(cols[name]), np.ma.getmaskarray(cols[name])
+            if not missing.all():
+                array.reshape(-1)[flat] = np.where(missing, np.nan, data)
+        has_edge.reshape(-1)[flat] = ~np.ma.getmaskarray(cols["edge"])
+        labels = [dict(self._labels[int(present[i])]) for i in order]
+        return Buckets(labels, count, total, lo, hi, last, edge, has_edge, **extra)
+
+    def _bucket_cells(
+        self,
+        ids: list[int],
+        base: int,
+        width: int,
+        n: int,
+        span: tuple[int, int],
+        *,
+        counter: bool,
+    ) -> tuple[str, str, int]:
+        """For a bucket read: the cells' parts (``UNION ALL`` branches), the condition that
+        leaves the samples they stand for out of ``blocks``, and the oldest time still to read
+        sample by sample. Cells inside one bucket count; with every cell aligned to the
+        buckets that is all of them (and bucket 0 comes from the cell ending at ``base``), with
+        few ragged buckets the cells inside each, else arithmetic on ``c`` and ``t`` decides."""
+        w = self.cell_ms
+        aligned = base % w == 0 and width % w == 0
+        blocks_also, cells_part, raw_mint = "", "", base
+        cell_b = f"(c::BIGINT * {w} - {base} + {width - 1}) // {width}"
+        cell_start = f"(c::BIGINT - 1) * {w}"
+        if aligned:  # every cell lies inside one bucket
+            inside = "true"
+            blocks_also = f"NOT (t BETWEEN {(span[0] - 1) * w + 1} AND {span[1] * w})"
+            zero = self._edge_cell(base) if (span[0] - 1) * w == base else None
+            if zero is not None:  # bucket 0 (the sample at base) from the cell ending there
+                cells_part = self._bucket_zero(ids, zero, base, counter=counter)
+                blocks_also, raw_mint = "", span[1] * w + 1
+        elif n <= 64:  # few buckets: the cells inside each, as ranges of cells and times
+            spans = _inside_cells(base, width, n, w, span)
+            cell_ranges = " OR ".join(f"c BETWEEN {a} AND {z}" for a, z in spans)
+            times = " OR ".join(f"t BETWEEN {(a - 1) * w + 1} AND {z * w}" for a, z in spans)
+            inside, blocks_also = f"({cell_ranges or 'false'})", f"NOT ({times or 'false'})"
+        else:  # the cells inside a bucket stand for their samples; the others are read
+            inside = f"{cell_start} >= {base} + ({cell_b} - 1) * {width}"
+            rc = f"((t + {w - 1}) // {w})"
+            rb = f"(({rc} * {w} - {base} + {width - 1}) // {width})"
+            blocks_also = (
+                f"NOT ({rc} BETWEEN {span[0]} AND {span[1]} "
+                f"AND ({rc} - 1) * {w} >= {base} + ({rb} - 1) * {width})"
+            )
+        counter_cols = (
+            f", {cell_start} + first_dt AS first_t, first_v AS first, inc" if counter else ""
+        )
+        cells_part += (
+            f" UNION ALL SELECT series_id, {cell_b} AS b, 0 AS side, n, s, NULL::DOUBLE AS lo, "
+            "NULL::DOUBLE AS hi, "
+            f"last_v AS last, {cell_start} + last_dt AS last_t, CASE WHEN {cell_start} + "
+            f"last_dt = {base} + {cell_b} * {width} THEN last_v END AS edge, 0 AS nans, "
+            f"bad{counter_cols} FROM cells WHERE {self._cells_where(ids, span)} AND {inside}"
+        )
+        return cells_part, blocks_also, raw_mint
+
     def _bucket_zero(self, ids: Sequence[int], cell: int, base: int, *, counter: bool) -> str:
         """Bucket 0 of a bucket read (the sample exactly at ``base``) as a part from the cell
         ending at ``base``: its newest sample when that sits at the cell's end."""
@@ -414,11 +497,12 @@ class DuckDBStore:
     def _register(self, labels: dict[str, str], key: str) -> int:
         sid = len(self._labels)
         pairs = tuple(sorted(labels.items()))
-        self._sort_keys.append(pairs)
         self._pairs.append(pairs if all(v for _, v in pairs) else tuple(p for p in pairs if p[1]))
         if self._ranked_live:
             with self._rank_lock:
                 insort(self._ranked, (pairs, sid))
+        else:  # loading: sorted once at the end
+            self._ranked.append((pairs, sid))
         self._labels.append(labels)  # last: a reader that finds the series finds it ranked
         self._ids[key] = sid
         same_metric = self._by_name.setdefault(labels.get(METRIC_NAME, ""), [])
@@ -908,49 +992,10 @@ class DuckDBStore:
         )
         ok = "FILTER (WHERE NOT isnan(v))"
         bucket = f"(t - {base} + {width - 1}) // {width}"
-        blocks_also = ""
-        cells_part = ""
-        raw_mint = base
+        cells_part, blocks_also, raw_mint = "", "", base
         if span is not None:
-            cell_b = f"(c::BIGINT * {w} - {base} + {width - 1}) // {width}"
-            cell_start = f"(c::BIGINT - 1) * {w}"
-            if aligned:  # every cell lies inside one bucket
-                inside = "true"
-                blocks_also = f"NOT (t BETWEEN {(span[0] - 1) * w + 1} AND {span[1] * w})"
-                zero = self._edge_cell(base) if (span[0] - 1) * w == base else None
-                if zero is not None:  # bucket 0 (the sample at base) from the cell ending there
-                    cells_part = self._bucket_zero(ids, zero, base, counter=counter)
-                    blocks_also, raw_mint = "", span[1] * w + 1
-            elif n <= 64:  # few buckets: the cells inside each, as ranges of cells and times
-                spans = _inside_cells(base, width, n, w, span)
-                inside = (
-                    "(" + (" OR ".join(f"c BETWEEN {a} AND {z}" for a, z in spans) or "false") + ")"
-                )
-                blocks_also = (
-                    "NOT ("
-                    + (
-                        " OR ".join(f"t BETWEEN {(a - 1) * w + 1} AND {z * w}" for a, z in spans)
-                        or "false"
-                    )
-                    + ")"
-                )
-            else:  # the cells inside a bucket stand for their samples; the others are read
-                inside = f"{cell_start} >= {base} + ({cell_b} - 1) * {width}"
-                rc = f"((t + {w - 1}) // {w})"
-                rb = f"(({rc} * {w} - {base} + {width - 1}) // {width})"
-                blocks_also = (
-                    f"NOT ({rc} BETWEEN {span[0]} AND {span[1]} "
-                    f"AND ({rc} - 1) * {w} >= {base} + ({rb} - 1) * {width})"
-                )
-            counter_cols = (
-                f", {cell_start} + first_dt AS first_t, first_v AS first, inc" if counter else ""
-            )
-            cells_part += (
-                f" UNION ALL SELECT series_id, {cell_b} AS b, 0 AS side, n, s, NULL::DOUBLE AS lo, "
-                "NULL::DOUBLE AS hi, "
-                f"last_v AS last, {cell_start} + last_dt AS last_t, CASE WHEN {cell_start} + "
-                f"last_dt = {base} + {cell_b} * {width} THEN last_v END AS edge, 0 AS nans, "
-                f"bad{counter_cols} FROM cells WHERE {self._cells_where(ids, span)} AND {inside}"
+            cells_part, blocks_also, raw_mint = self._bucket_cells(
+                ids, base, width, n, span, counter=counter
             )
         computed = "".join(
             f"{expr if name in aggregates_sql else 'NULL::DOUBLE'} AS {name}, "
@@ -967,21 +1012,14 @@ class DuckDBStore:
         side = f"(t > {span[1] * w})::INTEGER" if span is not None else "0"
 
         def run(cur: duckdb.DuckDBPyConnection, rows: str) -> dict[str, Any] | None:
+            raw = f"SELECT series_id, t, v, {bucket} AS b, {side} AS side FROM {rows}"
+            counter_cols = ""
             if counter:
-                raw = (
-                    f"SELECT series_id, t, v, b, side, CASE WHEN p IS NULL OR isnan(v) THEN "
-                    "NULL WHEN v >= p THEN v - p ELSE v END AS d FROM (SELECT series_id, t, v, "
-                    f"b, side, lag(CASE WHEN isnan(v) THEN NULL ELSE v END IGNORE NULLS) OVER "
-                    f"(PARTITION BY series_id, b, side ORDER BY t) AS p FROM (SELECT series_id, "
-                    f"t, v, {bucket} AS b, {side} AS side FROM {rows}))"
-                )
+                raw = cells.with_steps("series_id, t, v, b, side", f"({raw})", "series_id, b, side")
                 counter_cols = (
                     f", min(t) {ok} AS first_t, arg_min(v, t) {ok} AS first, "
-                    f"CASE WHEN count(v) {ok} > 0 THEN coalesce(sum(d), 0) END AS inc"
+                    f"{cells.INCREASE} AS inc"
                 )
-            else:
-                raw = f"SELECT series_id, t, v, {bucket} AS b, {side} AS side FROM {rows}"
-                counter_cols = ""
             parts = (
                 f"SELECT series_id, b, side, count(v) {ok} AS n, {computed}"
                 f"max(t) {ok} AS last_t, max(v) FILTER (WHERE {at_edge}) AS edge, "
@@ -1015,35 +1053,7 @@ class DuckDBStore:
             return None
         if counter and self._late:
             return None  # a straggler arrived during the read: its parts may overlap cells
-        cols = found
-        sids = np.asarray(cols["series_id"], np.int64)
-        present = np.unique(sids)
-        order = self._in_label_order(present)
-        row_of = np.empty(int(present.max()) + 1 if len(present) else 0, np.int64)
-        row_of[present[order]] = np.arange(len(order))
-        flat = row_of[sids] * n + np.asarray(cols["b"], np.int64)  # row-major [series, n]
-        out = _empty_buckets(len(present), n)
-        count, total, lo, hi, last, edge, has_edge = out
-        count.reshape(-1)[flat] = np.asarray(cols["n"], np.int64)
-        named = [(total, "s"), (lo, "lo"), (hi, "hi"), (last, "last"), (edge, "edge")]
-        extra: dict[str, Any] = {}
-        if counter:
-            extra = {
-                "first_t": np.zeros((len(present), n), np.int64),
-                "last_t": np.zeros((len(present), n), np.int64),
-                "first": np.full((len(present), n), np.nan),
-                "increase": np.full((len(present), n), np.nan),
-            }
-            extra["first_t"].reshape(-1)[flat] = np.ma.getdata(cols["first_t"])
-            extra["last_t"].reshape(-1)[flat] = np.ma.getdata(cols["last_t"])
-            named += [(extra["first"], "first"), (extra["increase"], "inc")]
-        for array, name in named:  # NULL (nothing there, or not asked for): NaN, as it was
-            data, missing = np.ma.getdata(cols[name]), np.ma.getmaskarray(cols[name])
-            if not missing.all():
-                array.reshape(-1)[flat] = np.where(missing, np.nan, data)
-        has_edge.reshape(-1)[flat] = ~np.ma.getmaskarray(cols["edge"])
-        labels = [dict(self._labels[int(present[i])]) for i in order]
-        return Buckets(labels, count, total, lo, hi, last, edge, has_edge, **extra)
+        return self._as_buckets(found, n, counter=counter)
 
     def series(
         self, matchers: Sequence[Matcher], mint_ms: int | None = None, maxt_ms: int | None = None
