@@ -1,6 +1,7 @@
 """Fixtures shared by every test folder.
 
 - ``serve_registry``: serve a prometheus_client registry (a real scrape target).
+- ``serve_handler``: serve an ``http.server`` request handler class (a real HTTP server).
 - ``run_prometheus`` / ``run_victoria_metrics``: context managers that start a real Prometheus
   2.42 (remote-write receiver on) or VictoriaMetrics 1.79 on a free loopback port with its data
   in a given directory, wait until it is ready, and stop it on exit (DESIGN.md "Real
@@ -18,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,26 @@ def serve_registry() -> Callable[[CollectorRegistry], AbstractContextManager[str
     """Serve a prometheus_client registry on a free loopback port (a real scrape target):
     ``with serve_registry(registry) as url: …`` where ``url`` ends in ``/metrics``."""
     return _serve_registry
+
+
+@contextmanager
+def _serve_handler(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.fixture
+def serve_handler() -> Callable[[type[BaseHTTPRequestHandler]], AbstractContextManager[str]]:
+    """Serve a request handler class on a free loopback port (threaded):
+    ``with serve_handler(Handler) as base: …`` where ``base`` is ``http://127.0.0.1:PORT``."""
+    return _serve_handler
 
 
 # ------------------------------------------------------------------ real services

@@ -5,9 +5,8 @@ from __future__ import annotations
 import functools
 import json
 import shutil
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -322,16 +321,9 @@ class _Kubelet(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def kubelet() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Kubelet)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+def kubelet(serve_handler: Any) -> Iterator[str]:
+    with serve_handler(_Kubelet) as base:
+        yield base
 
 
 def test_pod_directory_from_the_kubelet_with_a_bearer_token(kubelet: str, tmp_path: Path) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import http.server
 import socket
-import threading
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -500,18 +500,11 @@ class _Exporter(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def exporter() -> Iterator[tuple[str, type[_Exporter]]]:
+def exporter(serve_handler: Any) -> Iterator[tuple[str, type[_Exporter]]]:
     """A real HTTP server on a free loopback port; the test sets ``body`` and ``status``."""
     handler = type("Handler", (_Exporter,), {})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/metrics", handler
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serve_handler(handler) as base:
+        yield f"{base}/metrics", handler
 
 
 def up(samples: Iterable[Sample]) -> list[Sample]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Iterable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+from typing import Any
 
 import httpx
 import pytest
@@ -150,16 +151,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def http_base() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+def http_base(serve_handler: Any) -> Iterator[str]:
+    with serve_handler(_Handler) as base:
+        yield base
 
 
 def test_endpoint_probe_up_down_and_unreachable(http_base: str) -> None:

@@ -24,7 +24,6 @@ from fleetscope.store import (
     BUCKET_AGGREGATES,
     COUNTER_AGGREGATE,
     STALE_NAN,
-    STALE_NAN_BITS,
     Buckets,
     FakeMetricStore,
     Matcher,
@@ -32,6 +31,8 @@ from fleetscope.store import (
     SelectHints,
     Series,
 )
+
+from .reference_buckets import is_stale, reference_buckets
 
 S = 1000
 MIN = 60 * S
@@ -78,68 +79,13 @@ class BucketingFake(FakeMetricStore):
         if self.answer == "none":
             return None
         found = FakeMetricStore.select(self, matchers, base_ms, base_ms + (n - 1) * width_ms)
-        if any((np.isnan(s.values) & ~_stale(s.values)).any() for s in found):
+        if any((np.isnan(s.values) & ~is_stale(s.values)).any() for s in found):
             return None  # a real NaN: Prometheus' NaN rules need the samples
         wanted = set(aggregates)
         if self.answer == "no-counter":
             wanted.discard(COUNTER_AGGREGATE)
         self.bucket_answers += 1
-        return _buckets(found, base_ms, width_ms, n, wanted)
-
-
-def _stale(v: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
-    return np.asarray(v.view(np.int64) == STALE_NAN_BITS)
-
-
-def _buckets(found: list[Series], base_ms: int, width_ms: int, n: int, wanted: set[str]) -> Buckets:
-    """The contract of :class:`Buckets` from each series' samples: group the samples by bucket
-    (``base + (b-1)·width < t <= base + b·width``), reduce each group."""
-    shape = (len(found), n)
-    count = np.zeros(shape, np.int64)
-    out = {k: np.full(shape, np.nan) for k in ("sum", "min", "max", "last", "edge", "first", "inc")}
-    first_t, last_t = np.zeros(shape, np.int64), np.zeros(shape, np.int64)
-    has_edge = np.zeros(shape, np.bool_)
-    for i, s in enumerate(found):
-        keep = ~_stale(s.values)
-        t, v = s.t_ms[keep], s.values[keep]
-        if len(t) == 0:
-            continue
-        bucket = -((base_ms - t) // width_ms)  # ceil((t - base) / width)
-        starts = np.flatnonzero(np.diff(bucket, prepend=-1))  # each group's first sample
-        ends = np.append(starts[1:], len(t)) - 1  # and its last
-        b = bucket[starts]
-        count[i, b] = ends - starts + 1
-        out["sum"][i, b] = np.add.reduceat(v, starts)
-        out["min"][i, b] = np.minimum.reduceat(v, starts)
-        out["max"][i, b] = np.maximum.reduceat(v, starts)
-        out["last"][i, b] = v[ends]
-        on_edge = t[ends] == base_ms + b * width_ms
-        out["edge"][i, b[on_edge]] = v[ends[on_edge]]
-        has_edge[i, b[on_edge]] = True
-        out["first"][i, b] = v[starts]
-        step = np.zeros(len(v))  # from the sample before, in the same bucket
-        step[1:] = np.where(v[1:] < v[:-1], v[1:], v[1:] - v[:-1])
-        step[starts] = 0.0
-        out["inc"][i, b] = np.add.reduceat(step, starts)
-        first_t[i, b], last_t[i, b] = t[starts], t[ends]
-    for name in ("sum", "min", "max", "last"):
-        if name not in wanted:
-            out[name][:] = np.nan
-    counter = COUNTER_AGGREGATE in wanted
-    return Buckets(
-        [s.labels for s in found],
-        count,
-        out["sum"],
-        out["min"],
-        out["max"],
-        out["last"],
-        out["edge"],
-        has_edge,
-        first_t=first_t if counter else None,
-        first=out["first"] if counter else None,
-        last_t=last_t if counter else None,
-        increase=out["inc"] if counter else None,
-    )
+        return reference_buckets(found, base_ms, width_ms, n, wanted)
 
 
 # ----------------------------------------------------------------------------- data

@@ -20,31 +20,20 @@ from fleetscope.query.value import stale_mask
 from fleetscope.simulate.fleet import FleetSpec
 from fleetscope.simulate.nvml import FakeNVML
 from fleetscope.simulate.sim import Simulation
-from fleetscope.store import METRIC_NAME, AppendResult, Matcher, SampleBatch
+from fleetscope.store import METRIC_NAME, Matcher
 from fleetscope.store.duckdb import DuckDBStore
+
+from . import capture
 
 START = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 HOUR = 3_600_000
 Key = tuple[str, tuple[tuple[str, str], ...]]
 
 
-class CaptureStore:
-    """A sample sink that keeps every batch (a fake of the store's ``append``)."""
-
-    def __init__(self) -> None:
-        self.batches: list[SampleBatch] = []
-
-    def append(self, batch: SampleBatch) -> AppendResult:
-        self.batches.append(batch)
-        return AppendResult(len(batch), 0, 0)
-
+class CaptureStore(capture.Capture):
     def at(self, t_ms: int) -> dict[Key, float]:
         """Every sample stamped ``t_ms``: (name, other labels) → value."""
-        out: dict[Key, float] = {}
-        for b in self.batches:
-            for k in np.flatnonzero(b.t_ms == t_ms):
-                out[key(b.series[int(b.series_index[k])])] = float(b.values[k])
-        return out
+        return {key(labels): v for labels, v in self.stamped(t_ms)}
 
     def canonical(self) -> tuple[list[Key], np.ndarray, np.ndarray, np.ndarray]:
         """All rows as (series keys, key ids, times, values), sorted by series then time."""

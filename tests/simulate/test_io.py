@@ -10,7 +10,9 @@ from fleetscope.model import Event
 from fleetscope.simulate import io
 from fleetscope.simulate.fleet import FleetSpec
 from fleetscope.simulate.sim import Simulation
-from fleetscope.store import METRIC_NAME, AppendResult, SampleBatch
+from fleetscope.store import METRIC_NAME
+
+from . import capture
 
 START = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 HOUR = 3_600_000
@@ -18,15 +20,8 @@ HOUR = 3_600_000
 SPEC = FleetSpec(gpus=8, gpus_per_node=2, seed=5, node_failures_per_day=0)
 
 
-class Capture:
-    """A sample sink keeping every batch; series → (times, values)."""
-
-    def __init__(self) -> None:
-        self.batches: list[SampleBatch] = []
-
-    def append(self, batch: SampleBatch) -> AppendResult:
-        self.batches.append(batch)
-        return AppendResult(len(batch), 0, 0)
+class Capture(capture.Capture):
+    """The simulation's samples; series → (times, values)."""
 
     def series(self, name: str) -> dict[tuple[tuple[str, str], ...], tuple[np.ndarray, np.ndarray]]:
         parts: dict[tuple[tuple[str, str], ...], list[tuple[np.ndarray, np.ndarray]]] = {}

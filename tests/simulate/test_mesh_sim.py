@@ -16,8 +16,10 @@ from fleetscope.simulate import io
 from fleetscope.simulate.fleet import FleetSpec
 from fleetscope.simulate.live import MESH_PORT, LiveFleet, SimMesh
 from fleetscope.simulate.sim import Simulation
-from fleetscope.store import METRIC_NAME, STALE_NAN, AppendResult, SampleBatch
+from fleetscope.store import METRIC_NAME, STALE_NAN, SampleBatch
 from fleetscope.store.duckdb import DuckDBStore
+
+from . import capture
 
 HOUR = 3_600_000
 DAY = 24 * HOUR
@@ -28,15 +30,8 @@ SPEC = FleetSpec(gpus=8, gpus_per_node=2, seed=4, node_failures_per_day=2)
 Key = tuple[str, str, str]  # metric, src, dst
 
 
-class Capture:
-    """A sample sink keeping every batch; the mesh samples at one tick."""
-
-    def __init__(self) -> None:
-        self.batches: list[SampleBatch] = []
-
-    def append(self, batch: SampleBatch) -> AppendResult:
-        self.batches.append(batch)
-        return AppendResult(len(batch), 0, 0)
+class Capture(capture.Capture):
+    """The simulation's samples; the mesh samples at one tick."""
 
     def at(self, t_ms: int) -> dict[Key, float | None]:
         return mesh_samples(self.batches, t_ms)

@@ -16,7 +16,9 @@ from fleetscope.simulate.fleet import FleetSpec
 from fleetscope.simulate.live import fake_statvfs, node_collectors
 from fleetscope.simulate.roots import KERNEL_FILES, RootTree
 from fleetscope.simulate.sim import Simulation
-from fleetscope.store import METRIC_NAME, AppendResult, SampleBatch
+from fleetscope.store import METRIC_NAME
+
+from . import capture
 
 START = 1_767_225_600_000 + 9 * 3_600_000  # 2026-01-01T09:00:00Z
 HOUR = 3_600_000
@@ -33,22 +35,14 @@ KERN = re.compile(
 )
 
 
-class Capture:
-    def __init__(self) -> None:
-        self.batches: list[SampleBatch] = []
-
-    def append(self, batch: SampleBatch) -> AppendResult:
-        self.batches.append(batch)
-        return AppendResult(len(batch), 0, 0)
-
+class Capture(capture.Capture):
     def at(self, t_ms: int) -> dict[Key, float]:
-        out: dict[Key, float] = {}
-        for b in self.batches:
-            for k in np.flatnonzero(b.t_ms == t_ms):
-                labels = b.series[int(b.series_index[k])]
-                if labels[METRIC_NAME].startswith(NODE_SERIES):
-                    out[key(labels)] = float(b.values[k])
-        return out
+        """The node series' samples stamped ``t_ms``."""
+        return {
+            key(labels): v
+            for labels, v in self.stamped(t_ms)
+            if labels[METRIC_NAME].startswith(NODE_SERIES)
+        }
 
 
 def key(labels: dict[str, str]) -> Key:

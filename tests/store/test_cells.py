@@ -19,9 +19,9 @@ from fleetscope.store import (
     Matcher,
     SampleBatch,
     SelectHints,
-    Series,
 )
 from fleetscope.store.duckdb import DuckDBStore
+from query.reference_buckets import reference_buckets
 
 S = 1000
 MIN = 60 * S
@@ -89,30 +89,7 @@ def _pair(tmp_path: Path, name: str) -> tuple[Cells, DuckDBStore]:
     )
 
 
-def _reference(series: list[Series], base: int, width: int, n: int) -> dict[str, np.ndarray]:
-    """Bucket aggregates computed sample by sample, the counter ones included."""
-    shape = (len(series), n)
-    out = {k: np.full(shape, np.nan) for k in ("sum", "min", "max", "last", "first", "increase")}
-    out["count"] = np.zeros(shape, np.int64)
-    out["first_t"] = np.zeros(shape, np.int64)
-    out["last_t"] = np.zeros(shape, np.int64)
-    for i, s in enumerate(series):
-        keep = ~np.isnan(s.values) & (s.t_ms >= base) & (s.t_ms <= base + (n - 1) * width)
-        t, v = s.t_ms[keep], s.values[keep]
-        b = (t - base + width - 1) // width
-        for k in np.unique(b):
-            tt, vv = t[b == k], v[b == k]
-            out["count"][i, k] = len(vv)
-            out["sum"][i, k] = vv.sum()
-            out["min"][i, k], out["max"][i, k] = vv.min(), vv.max()
-            out["last"][i, k], out["last_t"][i, k] = vv[-1], tt[-1]
-            out["first"][i, k], out["first_t"][i, k] = vv[0], tt[0]
-            steps = np.where(vv[1:] >= vv[:-1], vv[1:] - vv[:-1], vv[1:])
-            out["increase"][i, k] = steps.sum()
-    return out
-
-
-def _check(got: Buckets, want: Buckets, ref: dict[str, np.ndarray], *, counter: bool) -> None:
+def _check(got: Buckets, want: Buckets, ref: Buckets, *, counter: bool) -> None:
     assert got.labels == want.labels
     np.testing.assert_array_equal(got.count, want.count)
     np.testing.assert_array_equal(got.has_edge, want.has_edge)
@@ -120,13 +97,10 @@ def _check(got: Buckets, want: Buckets, ref: dict[str, np.ndarray], *, counter: 
         np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
     np.testing.assert_allclose(got.sum, want.sum, rtol=1e-12, equal_nan=True)
     if counter:
-        assert got.first_t is not None and got.last_t is not None
-        assert got.first is not None and got.increase is not None
-        np.testing.assert_array_equal(got.first_t, ref["first_t"])
-        np.testing.assert_array_equal(got.last_t, ref["last_t"])
-        np.testing.assert_array_equal(got.first, ref["first"])
-        np.testing.assert_allclose(got.increase, ref["increase"], rtol=1e-12, equal_nan=True)
-    np.testing.assert_array_equal(got.count, ref["count"])
+        for name in ("first_t", "last_t", "first"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(ref, name), err_msg=name)
+        np.testing.assert_allclose(got.increase, ref.increase, rtol=1e-12, equal_nan=True)
+    np.testing.assert_array_equal(got.count, ref.count)
 
 
 LAYOUTS = [  # base, width, n
@@ -149,7 +123,8 @@ def _compare(cells: DuckDBStore, plain: DuckDBStore, metric: str) -> int:
         want = plain.select_buckets(matchers, base, width, n)
         assert got is not None and want is not None
         series = plain.select(matchers, base, base + (n - 1) * width)
-        _check(got, want, _reference(series, base, width, n), counter=counter)
+        ref = reference_buckets(series, base, width, n, {COUNTER_AGGREGATE})
+        _check(got, want, ref, counter=counter)
         used += counter
         # minima and maxima are not in cells: the samples give them
         extremes = cells.select_buckets(matchers, base, width, n, BUCKET_AGGREGATES)
