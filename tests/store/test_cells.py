@@ -22,6 +22,7 @@ from fleetscope.store import (
 )
 from fleetscope.store.duckdb import DuckDBStore
 from query.reference_buckets import reference_buckets
+from store.legacy import blocks_before_run_rows
 
 S = 1000
 MIN = 60 * S
@@ -236,13 +237,14 @@ def test_samples_an_older_version_left_at_a_block_edge_join_their_cells(tmp_path
     legacy = DuckDBStore(path, block_ms=30 * MIN, head_keep_ms=0, cell_ms=0)
     batch = SampleBatch.from_rows(_history(np.random.default_rng(4), hours=3))
     legacy.append(batch)
-    con = legacy._con
-    con.execute(
-        "INSERT INTO blocks SELECT 0, 0, series_id, t, v FROM samples WHERE t < ? ORDER BY 3, 4",
+    legacy._con.execute(  # … and the blocks as they were stored then
+        "CREATE TABLE old_blocks AS SELECT 0 AS run, 0 AS metric_key, series_id, t, v "
+        "FROM samples WHERE t < ?",
         [120 * MIN],
     )
-    con.execute("DELETE FROM samples WHERE t < ?", [120 * MIN])
+    legacy._con.execute("DELETE FROM samples WHERE t < ?", [120 * MIN])
     legacy.close()
+    blocks_before_run_rows(path, "old_blocks")
     upgraded = Cells(path, block_ms=30 * MIN, head_keep_ms=0)
     assert upgraded._late  # the head holds the sample at exactly 2 h
     assert upgraded.build_cells()  # cells of the blocks first (the cell ending at 2 h lacks it)

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import numpy as np
 import pytest
 
@@ -20,7 +21,8 @@ from fleetscope.store import (
     SampleBatch,
     SelectHints,
 )
-from fleetscope.store.duckdb import DuckDBStore
+from fleetscope.store.duckdb import SPAN_MS, DuckDBStore, _outside, _span, _within
+from store.legacy import blocks_before_run_rows
 
 STALE_NAN = float(np.array([0x7FF0000000000002], np.int64).view(np.float64)[0])
 
@@ -356,6 +358,126 @@ def test_closed_spans_are_merged_into_one_run_each(tmp_path: Path) -> None:
     reopened = DuckDBStore(tmp_path / "l.duckdb")  # run numbers continue after a restart
     assert reopened._next_run == max(r[0] for r in runs) + 1
     reopened.close()
+
+
+def test_a_store_written_before_run_rows_is_rewritten_once_and_answers_the_same(
+    tmp_path: Path,
+) -> None:
+    rng = np.random.default_rng(5)
+    history = _random_history(rng, series=9, points=120)
+    plain = DuckDBStore(tmp_path / "plain.duckdb")
+    plain.append(history)
+    path = tmp_path / "old.duckdb"
+    old = DuckDBStore(path, block_ms=1000, head_keep_ms=500, merge_spans_ms=(4000,))
+    old.append(history)
+    old.compact()
+    runs = old.runs()
+    old.close()
+    blocks_before_run_rows(path)
+    upgraded = DuckDBStore(path, block_ms=1000, head_keep_ms=500, merge_spans_ms=(4000,))
+    kinds = upgraded._con.execute(
+        "SELECT table_name, table_type FROM information_schema.tables "
+        "WHERE table_name IN ('blocks', 'run_rows') ORDER BY 1"
+    ).fetchall()
+    assert kinds == [("blocks", "VIEW"), ("run_rows", "BASE TABLE")]
+    assert upgraded.runs() == runs
+    assert rows(upgraded) == rows(plain)
+    newest = int(history.t_ms.max())
+    hints = SelectHints(start_ms=1500, end_ms=newest, step_ms=900, lookback_ms=700)
+    everything = [Matcher("__name__", "=~", ".+")]
+    for a, b in zip(
+        plain.select(everything, 800, newest, hints),
+        upgraded.select(everything, 800, newest, hints),
+        strict=True,
+    ):
+        assert a.labels == b.labels and a.t_ms.tolist() == b.t_ms.tolist()
+        assert a.values.view(np.int64).tolist() == b.values.view(np.int64).tolist()
+    assert upgraded.delete_before(3000) == plain.delete_before(3000) > 0
+    assert rows(upgraded) == rows(plain)
+    upgraded.close()
+    plain.close()
+
+
+def test_a_runs_times_read_as_one_regular_series_through_it(tmp_path: Path) -> None:
+    # Series with their own phase, step and stretch: u = t + o steps by each series' own step
+    # inside it, and by the next series' step from one series to the next.
+    stretches = [(0, 15, 0, 7200), (1, 15, 3, 7200), (2, 30, 7, 3600), (3, 15, 1, 7200)]
+    rows_ = [
+        (gpu(g), t * 1000, float(t % 97))
+        for g, step, phase, end in stretches
+        for t in range(phase + step, end + 1, step)
+    ]
+    batch = SampleBatch.from_rows(sorted(rows_, key=lambda r: r[1]))
+    s = DuckDBStore(tmp_path / "r.duckdb", head_keep_ms=0)
+    s.append(batch)
+    s.append(SampleBatch.from_rows([(gpu(0), 9_000_000, 1.0)]))  # closes the block
+    assert s.compact() == len(batch)
+    stored = s._con.execute(
+        "SELECT series_id, u, u - o AS t FROM run_rows ORDER BY run, metric_key, series_id, t"
+    ).fetchnumpy()
+    steps = np.diff(stored["u"])
+    series = stored["series_id"]
+    expected = np.diff(stored["t"])
+    ends = np.flatnonzero(np.diff(series))  # the last row of each series but the last
+    expected[ends] = expected[ends + 1]  # the next series' first step
+    assert steps.tolist() == expected.tolist()
+    assert set(steps.tolist()) == {15_000, 30_000}
+    s.close()
+
+
+@pytest.mark.parametrize("t", [0, 1, -1, SPAN_MS - 1, SPAN_MS, -SPAN_MS, -SPAN_MS - 1, 10**15])
+def test_a_samples_span_is_computed_as_duckdb_divides(t: int) -> None:
+    (row,) = duckdb.sql(f"SELECT {t}::BIGINT // {SPAN_MS}").fetchall()
+    assert _span(t) == row[0]
+
+
+def test_the_span_filters_keep_every_time_outside_the_spans() -> None:
+    rng = np.random.default_rng(11)
+    t = np.unique(rng.integers(-4 * SPAN_MS, 30 * SPAN_MS, 20_000))
+    con = duckdb.connect()
+    con.execute("CREATE TABLE times (t BIGINT)")
+    con.execute("INSERT INTO times SELECT unnest($t)", {"t": t.tolist()})
+    con.execute("ALTER TABLE times ADD COLUMN k BIGINT DEFAULT 0")
+    con.execute(f"UPDATE times SET k = t // {SPAN_MS}")
+    for _ in range(40):
+        spans = []
+        for _ in range(int(rng.integers(1, 6))):
+            a = int(rng.integers(-4 * SPAN_MS, 30 * SPAN_MS))
+            spans.append((a, a + int(rng.choice([0, 1, SPAN_MS, 3 * SPAN_MS, 9 * SPAN_MS]))))
+        want = [x for x in t.tolist() if not any(a <= x <= z for a, z in spans)]
+        got = con.execute(f"SELECT t FROM times WHERE {_outside(spans)} ORDER BY t").fetchall()
+        assert [r[0] for r in got] == want, spans
+        mint, maxt = sorted(int(x) for x in rng.integers(-4 * SPAN_MS, 30 * SPAN_MS, 2))
+        within = con.execute(f"SELECT t FROM times WHERE {_within(mint, maxt)}").fetchall()
+        assert {x for x in t.tolist() if mint <= x <= maxt} <= {r[0] for r in within}
+    con.close()
+
+
+def test_reads_of_runs_around_negative_and_span_edge_times(tmp_path: Path) -> None:
+    # Time ranges start and end on either side of the two-hour spans that reads filter on.
+    history = SampleBatch.from_rows(
+        [
+            (gpu(g), t, float(t % 1000 + g))
+            for t in range(-5 * SPAN_MS, SPAN_MS, 60_000)
+            for g in range(3)
+        ]
+    )
+    plain = DuckDBStore(tmp_path / "plain.duckdb")
+    runs = DuckDBStore(tmp_path / "runs.duckdb", head_keep_ms=0, cell_ms=0)
+    for s in (plain, runs):
+        s.append(history)
+    assert runs.compact() == int((history.t_ms <= 0).sum())  # blocks up to 0: the rest is open
+    everything = [Matcher("__name__", "=~", ".+")]
+    edges = [-3 * SPAN_MS, -SPAN_MS - 1, -SPAN_MS, -1, 0, 1, SPAN_MS - 60_000]
+    for mint in edges:
+        for maxt in edges:
+            if maxt >= mint:
+                a, b = plain.select(everything, mint, maxt), runs.select(everything, mint, maxt)
+                assert [x.t_ms.tolist() for x in a] == [x.t_ms.tolist() for x in b], (mint, maxt)
+    assert runs.delete_before(-SPAN_MS - 1) == plain.delete_before(-SPAN_MS - 1)
+    assert rows(runs) == rows(plain)
+    plain.close()
+    runs.close()
 
 
 class CompactsDuringARead(DuckDBStore):

@@ -12,7 +12,10 @@ row where raw samples take 1–4 per sample).
 
 Twenty samples at 15 s become one row, so a query whose windows are made of whole cells reads
 cells (and raw samples only at its ragged edges and in the head) and gives the same
-answer, bit for bit where Prometheus adds in order, ~1e-15 relative for sums.
+answer, bit for bit where Prometheus adds in order, ~1e-15 relative for sums. A cell's sum is
+compensated (``fsum``): the correctly rounded sum of values with a few decimals has as few
+decimals itself, which DuckDB's ALP stores in ~12 bits where a plain sum's rounding noise takes
+~40 (measured on GPU utilization: 0.18 bytes per sample less).
 
 Why five minutes: it is Prometheus' default lookback, so an instant selector evaluated at a cell's
 end sees exactly that cell's newest sample; subqueries and Grafana align their evaluation times
@@ -96,7 +99,7 @@ def _insert_sql(width: int, source: str, *, counter: bool) -> str:
         first = f"(min(t) {_OK} - {start})::INTEGER, arg_min(v, t) {_OK}, {INCREASE}"
     newest_is_nan = "isnan(arg_max(v, t))"
     return (
-        f"INSERT INTO cells SELECT metric_key, series_id, c, count(v) {_OK}, sum(v) {_OK}, "
+        f"INSERT INTO cells SELECT metric_key, series_id, c, count(v) {_OK}, fsum(v) {_OK}, "
         f"(max(t) {_OK} - {start})::INTEGER, arg_max(v, t) {_OK}, "
         f"CASE WHEN {newest_is_nan} THEN (max(t) - {start})::INTEGER END, "
         f"false, {first}, 0 "
