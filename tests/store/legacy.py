@@ -37,3 +37,22 @@ def blocks_before_run_rows(path: Path, table: str | None = None) -> None:
         con.execute("COMMIT")
     finally:
         con.close()
+
+
+def cells_before_cell_rows(path: Path) -> None:
+    """Store the cells of the (closed) store at ``path`` as the first cells layout did: a
+    ``cells`` table keeping ``c`` as is, recorded as layout 1."""
+    con = duckdb.connect(str(path))
+    try:
+        con.execute("BEGIN TRANSACTION")
+        con.execute(
+            "CREATE TABLE cells_v1 AS SELECT metric_key, series_id, c, n, s, last_dt, last_v, "
+            "top_dt, top_real, first_dt, first_v, inc, bad FROM cells ORDER BY 1, 2, 3"
+        )
+        con.execute("DROP VIEW cells")
+        con.execute("DROP TABLE cell_rows")
+        con.execute("ALTER TABLE cells_v1 RENAME TO cells")
+        con.execute("UPDATE store_meta SET value = 1 WHERE key = 'cells_version'")
+        con.execute("COMMIT")
+    finally:
+        con.close()

@@ -22,7 +22,7 @@ from fleetscope.store import (
 )
 from fleetscope.store.duckdb import DuckDBStore
 from query.reference_buckets import reference_buckets
-from store.legacy import blocks_before_run_rows
+from store.legacy import blocks_before_run_rows, cells_before_cell_rows
 
 S = 1000
 MIN = 60 * S
@@ -213,6 +213,52 @@ def test_a_store_without_cells_gets_them_on_compaction(tmp_path: Path) -> None:
     plain.append(batch)
     plain.compact()
     assert _compare(upgraded, plain, "fleet_gpu_energy_joules_total") == 2
+
+
+def test_cells_of_the_first_layout_are_built_again(tmp_path: Path) -> None:
+    path = tmp_path / "v1.duckdb"
+    old = DuckDBStore(path, block_ms=30 * MIN, head_keep_ms=0)
+    batch = SampleBatch.from_rows(_history(np.random.default_rng(8)))
+    old.append(batch)
+    old.compact()
+    old.close()
+    cells_before_cell_rows(path)
+    upgraded = Cells(path, block_ms=30 * MIN, head_keep_ms=0)
+    assert not upgraded._cells_ready  # layout 1: dropped, built again by the next compaction
+    upgraded.compact()
+    kinds = upgraded._con.execute(
+        "SELECT table_name, table_type FROM information_schema.tables "
+        "WHERE table_name IN ('cells', 'cell_rows') ORDER BY 1"
+    ).fetchall()
+    assert kinds == [("cell_rows", "BASE TABLE"), ("cells", "VIEW")]
+    _, plain = _pair(tmp_path, "g")
+    plain.append(batch)
+    plain.compact()
+    assert _compare(upgraded, plain, "fleet_gpu_energy_joules_total") == 2
+    assert upgraded.cell_reads > 0
+
+
+def test_a_groups_cell_numbers_count_up_through_its_series(tmp_path: Path) -> None:
+    # Regular series: cu steps by one through every group of cells, series after series.
+    rows = [
+        ({"__name__": "fleet_gpu_power_watts", "gpu": str(g)}, t, float(g))
+        for t in range(15 * S, 4 * 60 * MIN + 1, 15 * S)
+        for g in range(5)
+    ]
+    store = DuckDBStore(tmp_path / "g.duckdb", head_keep_ms=0)
+    store.append(SampleBatch.from_rows(rows))
+    store.append(SampleBatch.from_rows([(rows[0][0], 5 * 60 * MIN, 0.0)]))  # closes 2 h–4 h
+    store.compact()
+    stored = store._con.execute(
+        "SELECT r.k, r.cu, c.c FROM cell_rows r POSITIONAL JOIN cells c"
+    ).fetchnumpy()
+    k = np.asarray(stored["k"])
+    assert sorted(set(k.tolist())) == [0, 1] and (np.diff(k) >= 0).all()
+    for group in (0, 1):
+        cu = np.asarray(stored["cu"])[k == group]
+        assert len(cu) == 5 * 24 and (np.diff(cu) == 1).all()
+    assert sorted(np.asarray(stored["c"]).tolist()) == sorted(list(range(1, 49)) * 5)
+    store.close()
 
 
 def test_a_real_nan_in_a_cell_sends_the_caller_to_samples(tmp_path: Path) -> None:

@@ -89,7 +89,7 @@ CREATE TABLE IF NOT EXISTS series (id INTEGER NOT NULL, metric VARCHAR NOT NULL,
 CREATE TABLE IF NOT EXISTS samples (series_id INTEGER NOT NULL, t BIGINT NOT NULL,
                                     v DOUBLE NOT NULL);
 CREATE TABLE IF NOT EXISTS run_rows (run INTEGER NOT NULL, metric_key INTEGER NOT NULL,
-                                     series_id INTEGER NOT NULL, k BIGINT NOT NULL,
+                                     series_id INTEGER NOT NULL, k INTEGER NOT NULL,
                                      o BIGINT NOT NULL, u BIGINT NOT NULL, v DOUBLE NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (
     cluster VARCHAR NOT NULL, id VARCHAR NOT NULL, name VARCHAR, team VARCHAR, "user" VARCHAR,
@@ -124,7 +124,8 @@ log = logging.getLogger(__name__)
 BLOCK_MS = 2 * 3_600_000  # compaction moves samples out of the head in aligned blocks of 2 h
 HEAD_KEEP_MS = 3_600_000  # … once the newest sample is this far past the block's end
 MERGE_SPANS_MS = (86_400_000, 7 * 86_400_000)  # closed days, then weeks, become one run each
-SPAN_MS = 7_200_000  # ``run_rows.k``: a sample's two-hour span, ``t // SPAN_MS`` (fixed)
+SPAN_MS = cells.GROUP_MS  # ``run_rows.k``: a sample's two-hour span, ``t // SPAN_MS`` (fixed)
+_K_MIN, _K_MAX = -(2**31), 2**31 - 1  # k is an INTEGER: spans beyond (±490,000 years) clamp
 # The runs' samples as ``blocks(run, metric_key, series_id, k, t, v)``: ``t = u - o``
 _BLOCKS_VIEW = (
     "CREATE VIEW IF NOT EXISTS blocks AS "
@@ -159,15 +160,18 @@ def _insert_run(con: duckdb.DuckDBPyConnection, run: int, source: str) -> None:
         f"off AS (SELECT metric_key, series_id, sum(l - f + {step}) OVER ("
         "ORDER BY metric_key, series_id ROWS UNBOUNDED PRECEDING) - (l - f) - f AS o, "
         "FROM per) "
-        f"SELECT {int(run)}, s.metric_key, s.series_id, s.t // {SPAN_MS}, x.o, s.t + x.o, s.v "
+        f"SELECT {int(run)}, s.metric_key, s.series_id, "
+        f"least(greatest(s.t // {SPAN_MS}, {_K_MIN}), {_K_MAX}), x.o, s.t + x.o, s.v "
         "FROM src s JOIN off x ON s.metric_key = x.metric_key AND s.series_id = x.series_id "
         "ORDER BY s.metric_key, s.series_id, s.t"
     )
 
 
 def _span(t: int) -> int:
-    """``run_rows.k`` of time ``t``: ``t // SPAN_MS`` as DuckDB divides (toward zero)."""
-    return abs(int(t)) // SPAN_MS * (1 if t >= 0 else -1)
+    """``run_rows.k`` of time ``t``: ``t // SPAN_MS`` as DuckDB divides (toward zero),
+    clamped to an INTEGER's range."""
+    k = abs(int(t)) // SPAN_MS * (1 if t >= 0 else -1)
+    return min(max(k, _K_MIN), _K_MAX)
 
 
 def _within(mint: int, maxt: int) -> str:
@@ -194,8 +198,7 @@ def _outside(spans: Sequence[tuple[int, int]]) -> str:
     ts = " OR ".join(f"t BETWEEN {int(a)} AND {int(z)}" for a, z in spans)
     if not holes:
         return f"NOT ({ts})"
-    lo, hi = np.iinfo(np.int64).min, np.iinfo(np.int64).max
-    ends = [lo, *(e for hole in holes for e in (hole[0] - 1, hole[1] + 1)), hi]
+    ends = [_K_MIN, *(e for hole in holes for e in (hole[0] - 1, hole[1] + 1)), _K_MAX]
     ks = " OR ".join(f"k BETWEEN {a} AND {z}" for a, z in zip(ends[::2], ends[1::2], strict=True))
     return f"({ks}) AND NOT ({ts})"
 
@@ -359,7 +362,7 @@ class DuckDBStore:
         self._con.execute("SET enable_progress_bar = false")  # long builds: no bar in logs
         self._con.execute(_SCHEMA)
         self._upgrade_blocks()
-        self._con.execute(cells.SCHEMA)
+        cells.create(self._con, self.cell_ms)
         self._lock = threading.Lock()
         self._labels: list[dict[str, str]] = []
         # each series' sorted label pairs without empty values (the evaluator's label sets)
@@ -463,8 +466,8 @@ class DuckDBStore:
         ready = all(recorded.get(k) == v for k, v in wanted.items())
         if not ready:  # another width or layout: start over (an empty table is complete)
             con.execute("BEGIN TRANSACTION")
-            con.execute("DROP TABLE cells")
-            con.execute(cells.SCHEMA)
+            cells.drop(con)
+            cells.create(con, self.cell_ms)
             if oldest is None or not self.cell_ms:
                 self._record_cells(con)
                 ready = True
@@ -701,8 +704,9 @@ class DuckDBStore:
         """The cells of ``ids`` (sorted, registered as ``wanted``) numbered ``span``, and those
         that meet condition ``also``."""
         keys, _ = self._where(ids)
-        cells = f"c BETWEEN {int(span[0])} AND {int(span[1])}"
-        return f"{keys} AND series_id IN (SELECT id FROM wanted) AND ({cells}" + (
+        groups = cells.group_filter(self.cell_ms, span[0] - 1, span[1])  # also: the cell before
+        numbered = f"c BETWEEN {int(span[0])} AND {int(span[1])}"
+        return f"{keys} AND {groups} AND series_id IN (SELECT id FROM wanted) AND ({numbered}" + (
             f" OR {also})" if also else ")"
         )
 
@@ -1206,8 +1210,9 @@ class DuckDBStore:
                 row = self._con.execute(sql, {"t": t_ms}).fetchone()
                 deleted += int(row[0]) if row else 0
             if self.cell_ms:  # every cell that may have lost a sample
+                c = cells.cell_number(self.cell_ms)
                 self._con.execute(
-                    f"DELETE FROM cells WHERE (c::BIGINT - 1) * {self.cell_ms} + 1 < ?", [t_ms]
+                    f"DELETE FROM cell_rows WHERE ({c} - 1) * {self.cell_ms} + 1 < ?", [t_ms]
                 )
                 self._cells_lo = max(self._cells_lo, t_ms)
         return deleted
@@ -1255,7 +1260,7 @@ class DuckDBStore:
         w, day = self.cell_ms, 86_400_000 // self.cell_ms * self.cell_ms
         with self._lock:
             con = self._con
-            con.execute("DELETE FROM cells")
+            con.execute("DELETE FROM cell_rows")
             row = con.execute("SELECT min(t), max(t) FROM blocks").fetchone()
             if row is not None and row[0] is not None:
                 lo = (int(row[0]) - 1) // w * w  # slices ((k-1)·day, k·day] of whole cells
@@ -1403,8 +1408,8 @@ class DuckDBStore:
                 f"(t + {w - 1}) // {w} AS c FROM blocks WHERE run = {run} AND t <= {start}"
             )
             con.execute(
-                "DELETE FROM cells USING straggler_cells s "
-                "WHERE cells.series_id = s.series_id AND cells.c = s.c"
+                "DELETE FROM cell_rows USING straggler_cells s WHERE cell_rows.series_id = "
+                f"s.series_id AND {cells.cell_number(w, 'cell_rows')} = s.c"
             )
             cells.build(
                 con,
