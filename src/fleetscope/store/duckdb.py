@@ -4,22 +4,22 @@ Layout. ``series(id, metric, labels)`` holds one row per label set (``labels`` i
 JSON of the sorted label pairs, ``__name__`` included). Samples live in two tables, as in
 Prometheus' head and blocks: appends go to ``samples(series_id, t, v)`` in arrival order (the
 head), and :meth:`DuckDBStore.compact` moves every closed two-hour block out of it into one *run*
-of ``run_rows``, sorted by ``(metric_key, series_id, t)``, which the view ``blocks(run, lo, hi,
-metric_key, series_id, t, v)`` reads back. ``metric_key`` is the smallest series id of the
+of ``run_rows``, sorted by ``(metric_key, series_id, t)``, which the view ``blocks(run,
+metric_key, series_id, k, t, v)`` reads back. ``metric_key`` is the smallest series id of the
 series' metric, so a metric's rows of a run are contiguous and DuckDB's min/max zone maps skip
-the row groups of other metrics; ``lo``/``hi`` (the run's time span) skip those of other times.
-A run stores each series' times as ``u = t + o``, one offset ``o`` per series, chosen so that
+the row groups of other metrics; ``k`` (a sample's two-hour span) skips those of other times. A
+run stores each series' times as ``u = t + o``, one offset ``o`` per series, chosen so that
 ``u`` runs on from one series to the next by one step (see :func:`_insert_run`): DuckDB's delta
 bit-packing packs 2,048 values at the width of their widest delta, so times stored as they are
 paid ~23 bits each in every group where one series ends and the next begins. Measured on the
-query bench's 310 M samples (GPUs at 15 s, jobs and inference at 15–60 s): times take 0.05
-bytes per sample instead of 0.81. Like Prometheus' compactor, closed days and then closed weeks
-(spans aligned to the epoch) of runs are merged into one run each, so a read meets few runs.
-Every read is a union of the two tables; which table or run holds a sample never changes an
-answer. Blocks are closed on the right, ``(k·2h, (k+1)·2h]``, so that each is a whole number of
-the five-minute *cells* that compaction writes beside it (``cells``, see store/cells.py): per
-series and cell, the aggregates that bucket reads and aligned instant selectors take instead of
-the samples.
+query bench's 310 M samples (GPUs at 15 s, jobs and inference at 15–60 s): times take 0.07
+bytes per sample (``u``, ``o`` and ``k`` together) instead of 0.81. Like Prometheus' compactor,
+closed days and then closed weeks (spans aligned to the epoch) of runs are merged into one run
+each, so a read meets few runs. Every read is a union of the two tables; which table or run
+holds a sample never changes an answer. Blocks are closed on the right, ``(k·2h, (k+1)·2h]``, so
+that each is a whole number of the five-minute *cells* that compaction writes beside it
+(``cells``, see store/cells.py): per series and cell, the aggregates that bucket reads and
+aligned instant selectors take instead of the samples.
 
 Series are few (thousands) and samples many (hundreds of millions), so the series index lives in
 memory — label matching runs over it in Python, as a postings lookup would — and only
@@ -149,7 +149,7 @@ def _insert_run(con: duckdb.DuckDBPyConnection, run: int, source: str) -> None:
     series' times in a few bits per run instead of ~23 bits a value in every group where one
     series ends and the next begins. ``t`` itself is computed, so DuckDB can neither skip row
     groups on it nor filter it while scanning; ``k`` (the two-hour span of :data:`SPAN_MS`
-    that holds ``t``, run-length encoded: ~0.03 bytes a sample) lets it do both for every read
+    that holds ``t``, run-length encoded: ~0.02 bytes a sample) lets it do both for every read
     with a time range (see :func:`_within`, :func:`_outside`).
     """
     step = "CASE WHEN n > 1 THEN (l - f) // (n - 1) ELSE 0 END"
@@ -158,7 +158,7 @@ def _insert_run(con: duckdb.DuckDBPyConnection, run: int, source: str) -> None:
         "per AS (SELECT metric_key, series_id, min(t) AS f, max(t) AS l, count(*) AS n "
         "FROM src GROUP BY metric_key, series_id), "
         f"off AS (SELECT metric_key, series_id, sum(l - f + {step}) OVER ("
-        "ORDER BY metric_key, series_id ROWS UNBOUNDED PRECEDING) - (l - f) - f AS o, "
+        "ORDER BY metric_key, series_id ROWS UNBOUNDED PRECEDING) - (l - f) - f AS o "
         "FROM per) "
         f"SELECT {int(run)}, s.metric_key, s.series_id, "
         f"least(greatest(s.t // {SPAN_MS}, {_K_MIN}), {_K_MAX}), x.o, s.t + x.o, s.v "
