@@ -261,6 +261,33 @@ def test_a_groups_cell_numbers_count_up_through_its_series(tmp_path: Path) -> No
     store.close()
 
 
+def test_merged_spans_get_their_cells_sorted_by_series(tmp_path: Path) -> None:
+    batch = SampleBatch.from_rows(_history(np.random.default_rng(9)))
+    merged = Cells(
+        tmp_path / "m.duckdb", block_ms=30 * MIN, head_keep_ms=0, merge_spans_ms=(120 * MIN,)
+    )
+    merged.append(batch)
+    merged.compact()
+    stored = merged._con.execute(
+        "SELECT r.k, r.metric_key, r.series_id, c.c FROM cell_rows r POSITIONAL JOIN cells c"
+    ).fetchnumpy()
+    k, key, sid, c = (
+        np.asarray(stored[name], np.int64) for name in ("k", "metric_key", "series_id", "c")
+    )
+    for group in (0, 1):  # the closed two-hour spans: merged; their blocks' cells were apart
+        inside = k == group
+        order = np.lexsort((c[inside], sid[inside], key[inside]))
+        assert (order == np.arange(inside.sum())).all()
+        assert len(np.unique(sid[inside])) == 6
+        assert set(range(24 * group + 1, 24 * group + 25)) <= set(c[inside].tolist())
+    _, plain = _pair(tmp_path, "h")
+    plain.append(batch)
+    plain.compact()
+    assert _compare(merged, plain, "fleet_gpu_energy_joules_total") == 2
+    assert _compare(merged, plain, "fleet_gpu_power_watts") == 0
+    assert merged.cell_reads > 0
+
+
 def test_a_real_nan_in_a_cell_sends_the_caller_to_samples(tmp_path: Path) -> None:
     cells, _ = _pair(tmp_path, "e")
     labels = {"__name__": "fleet_gpu_power_watts", "gpu": "0"}

@@ -31,13 +31,16 @@ Columns (times are offsets from the cell's start ``(c-1)·W``, to keep them narr
 
     metric_key, series_id, c    the series (as in ``blocks``) and the cell number, kept as
                                 ``k`` (cells ``k·L + 1 … (k+1)·L``, :func:`cells_per_group`)
-                                and ``cu = series_id·L + c - 1 - k·L``: rows are sorted by
-                                ``(k, metric_key, series_id, c)``, so ``cu`` counts up by one
-                                through the series of a group, which DuckDB's delta
+                                and ``cu = series_id·L + c - 1 - k·L``. A block's cells (one
+                                group) are sorted by ``(metric_key, series_id, c)``, so ``cu``
+                                counts up by one through them, which DuckDB's delta
                                 bit-packing stores in almost nothing (``c`` itself, starting
-                                over at every series, took ~2 bytes a row: ~0.1 a sample);
-                                the view ``cells`` gives ``c`` back, and ``k`` lets DuckDB skip
-                                and filter while it scans (:func:`group_filter`)
+                                over at every series, took ~2 bytes a row: ~0.1 a sample).
+                                Merged runs get their cells sorted the same way over days
+                                (:func:`reorder`): a series' cells together, ``cu`` stepping
+                                back once a group. The view ``cells`` gives ``c`` back, and
+                                ``k`` lets DuckDB skip and filter while it scans
+                                (:func:`group_filter`)
     n, s                        count and sum of the values that are not NaN
     last_dt, last_v             the newest of those
     top_dt, top_real            the newest sample's time when it is a NaN (NULL otherwise), and
@@ -58,7 +61,7 @@ from fleetscope.store import STALE_NAN_BITS
 
 __all__ = [
     "CELL_MS", "COUNTER_SUFFIXES", "GROUP_MS", "INCREASE", "VERSION", "build", "cell_number",
-    "cells_per_group", "create", "drop", "group_filter", "is_counter", "with_steps",
+    "cells_per_group", "create", "drop", "group_filter", "is_counter", "reorder", "with_steps",
 ]  # fmt: skip
 
 CELL_MS = 300_000
@@ -105,6 +108,21 @@ def create(cur: duckdb.DuckDBPyConnection, width: int) -> None:
         f"{cell_number(width)}::INTEGER AS c, n, s, last_dt, last_v, top_dt, top_real, "
         "first_dt, first_v, inc, bad FROM cell_rows"
     )
+
+
+def reorder(cur: duckdb.DuckDBPyConnection, width: int, lo: int, hi: int) -> None:
+    """Sort the cells ``lo … hi`` (whole groups: a merged run's span) by ``(metric_key,
+    series_id, c)``, in the caller's transaction: a read of one metric over days then meets its
+    cells together instead of a slice of every group's."""
+    n = cells_per_group(width)
+    within = f"k BETWEEN {_group(int(lo), n)} AND {_group(int(hi), n)}"
+    cur.execute(
+        "CREATE OR REPLACE TEMP TABLE cells_reordered AS SELECT * FROM cell_rows "
+        f"WHERE {within} ORDER BY metric_key, series_id, k, cu"
+    )
+    cur.execute(f"DELETE FROM cell_rows WHERE {within}")
+    cur.execute("INSERT INTO cell_rows SELECT * FROM cells_reordered")
+    cur.execute("DROP TABLE cells_reordered")
 
 
 def drop(cur: duckdb.DuckDBPyConnection) -> None:
@@ -165,8 +183,7 @@ def _insert_sql(width: int, source: str, *, counter: bool) -> str:
         f"(max(t) {_OK} - {start})::INTEGER, arg_max(v, t) {_OK}, "
         f"CASE WHEN {newest_is_nan} THEN (max(t) - {start})::INTEGER END, "
         f"false, {first}, 0 "
-        f"FROM ({inner}) GROUP BY metric_key, series_id, c "
-        f"ORDER BY {k}, metric_key, series_id, c"
+        f"FROM ({inner}) GROUP BY metric_key, series_id, c ORDER BY metric_key, series_id, c"
     )
 
 

@@ -1326,7 +1326,8 @@ class DuckDBStore:
         return merged
 
     def _merge(self, cur: duckdb.DuckDBPyConnection, start_ms: int, end_ms: int) -> None:
-        """Rewrite the block rows in ``[start_ms, end_ms)`` as one new sorted run."""
+        """Rewrite the block rows in ``[start_ms, end_ms)`` as one new sorted run, and sort
+        the span's cells by series (:func:`cells.reorder`)."""
         with self._lock:
             run = self._next_run
             self._next_run += 1
@@ -1343,6 +1344,9 @@ class DuckDBStore:
                 f"DELETE FROM run_rows WHERE {runs} AND u - o >= {int(start_ms)} "
                 f"AND u - o < {int(end_ms)} AND run <> {run}"
             )
+            if self.cell_ms:  # and its cells, series by series too
+                w = self.cell_ms
+                cells.reorder(cur, w, start_ms // w + 1, end_ms // w)
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")
