@@ -238,8 +238,8 @@ def test_cells_of_the_first_layout_are_built_again(tmp_path: Path) -> None:
     assert upgraded.cell_reads > 0
 
 
-def test_a_groups_cell_numbers_count_up_through_its_series(tmp_path: Path) -> None:
-    # Regular series: cu steps by one through every group of cells, series after series.
+def test_a_batchs_cell_numbers_count_up_through_its_series(tmp_path: Path) -> None:
+    # Regular series: cu steps by one through each block's cells, series after series.
     rows = [
         ({"__name__": "fleet_gpu_power_watts", "gpu": str(g)}, t, float(g))
         for t in range(15 * S, 4 * 60 * MIN + 1, 15 * S)
@@ -250,12 +250,12 @@ def test_a_groups_cell_numbers_count_up_through_its_series(tmp_path: Path) -> No
     store.append(SampleBatch.from_rows([(rows[0][0], 5 * 60 * MIN, 0.0)]))  # closes 2 h–4 h
     store.compact()
     stored = store._con.execute(
-        "SELECT r.k, r.cu, c.c FROM cell_rows r POSITIONAL JOIN cells c"
+        "SELECT r.c0, r.c1, r.cu, c.c FROM cell_rows r POSITIONAL JOIN cells c"
     ).fetchnumpy()
-    k = np.asarray(stored["k"])
-    assert sorted(set(k.tolist())) == [0, 1] and (np.diff(k) >= 0).all()
-    for group in (0, 1):
-        cu = np.asarray(stored["cu"])[k == group]
+    c0, c1 = np.asarray(stored["c0"]), np.asarray(stored["c1"])
+    assert sorted(set(zip(c0.tolist(), c1.tolist(), strict=True))) == [(1, 24), (25, 48)]
+    for first in (1, 25):
+        cu = np.asarray(stored["cu"])[c0 == first]
         assert len(cu) == 5 * 24 and (np.diff(cu) == 1).all()
     assert sorted(np.asarray(stored["c"]).tolist()) == sorted(list(range(1, 49)) * 5)
     store.close()
@@ -269,17 +269,17 @@ def test_merged_spans_get_their_cells_sorted_by_series(tmp_path: Path) -> None:
     merged.append(batch)
     merged.compact()
     stored = merged._con.execute(
-        "SELECT r.k, r.metric_key, r.series_id, c.c FROM cell_rows r POSITIONAL JOIN cells c"
+        "SELECT r.c0, r.metric_key, r.series_id, c.c FROM cell_rows r POSITIONAL JOIN cells c"
     ).fetchnumpy()
-    k, key, sid, c = (
-        np.asarray(stored[name], np.int64) for name in ("k", "metric_key", "series_id", "c")
+    c0, key, sid, c = (
+        np.asarray(stored[name], np.int64) for name in ("c0", "metric_key", "series_id", "c")
     )
-    for group in (0, 1):  # the closed two-hour spans: merged; their blocks' cells were apart
-        inside = k == group
+    for first in (1, 25):  # the closed two-hour spans: merged; their blocks' cells were apart
+        inside = c0 == first
         order = np.lexsort((c[inside], sid[inside], key[inside]))
         assert (order == np.arange(inside.sum())).all()
         assert len(np.unique(sid[inside])) == 6
-        assert set(range(24 * group + 1, 24 * group + 25)) <= set(c[inside].tolist())
+        assert set(c[inside].tolist()) == set(range(first, first + 24))
     _, plain = _pair(tmp_path, "h")
     plain.append(batch)
     plain.compact()

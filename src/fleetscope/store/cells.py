@@ -30,17 +30,19 @@ samples, where Prometheus' NaN rules apply.
 Columns (times are offsets from the cell's start ``(c-1)·W``, to keep them narrow)::
 
     metric_key, series_id, c    the series (as in ``blocks``) and the cell number, kept as
-                                ``k`` (cells ``k·L + 1 … (k+1)·L``, :func:`cells_per_group`)
-                                and ``cu = series_id·L + c - 1 - k·L``. A block's cells (one
-                                group) are sorted by ``(metric_key, series_id, c)``, so ``cu``
-                                counts up by one through them, which DuckDB's delta
-                                bit-packing stores in almost nothing (``c`` itself, starting
-                                over at every series, took ~2 bytes a row: ~0.1 a sample).
-                                Merged runs get their cells sorted the same way over days
-                                (:func:`reorder`): a series' cells together, ``cu`` stepping
-                                back once a group. The view ``cells`` gives ``c`` back, and
-                                ``k`` lets DuckDB skip and filter while it scans
-                                (:func:`group_filter`)
+                                ``c0``, ``c1`` (the first and last cell of the batch the row
+                                was written in: a block's, a day's, a merged span's) and
+                                ``cu = series_id·(c1 - c0 + 1) + c - c0``. A batch is sorted
+                                by ``(metric_key, series_id, c)``, so ``cu`` counts up by one
+                                through it (series after series, each with all its cells),
+                                which DuckDB's delta bit-packing stores in almost nothing
+                                where ``c`` itself, starting over at every series, took ~2
+                                bytes a row (~0.1 a sample); ``c0``/``c1`` change once a
+                                batch. The view ``cells`` gives ``c`` back; ``c0``/``c1`` let
+                                DuckDB skip and filter while it scans (:func:`span_filter`).
+                                Merging runs sorts their span's cells into one batch
+                                (:func:`reorder`), so a read of a metric over days meets its
+                                cells together.
     n, s                        count and sum of the values that are not NaN
     last_dt, last_v             the newest of those
     top_dt, top_real            the newest sample's time when it is a NaN (NULL otherwise), and
@@ -60,65 +62,62 @@ import pyarrow as pa
 from fleetscope.store import STALE_NAN_BITS
 
 __all__ = [
-    "CELL_MS", "COUNTER_SUFFIXES", "GROUP_MS", "INCREASE", "VERSION", "build", "cell_number",
-    "cells_per_group", "create", "drop", "group_filter", "is_counter", "reorder", "with_steps",
+    "CELL_MS", "COUNTER_SUFFIXES", "INCREASE", "VERSION", "build", "cell_number", "create",
+    "drop", "is_counter", "reorder", "span_filter", "with_steps",
 ]  # fmt: skip
 
 CELL_MS = 300_000
-VERSION = 2  # of the table's layout: a store finding another one builds its cells again
+VERSION = 3  # of the table's layout: a store finding another one builds its cells again
 COUNTER_SUFFIXES = ("_total", "_count", "_sum", "_bucket")
-GROUP_MS = 7_200_000  # cells are grouped (``k``) by this much time (as blocks' spans)
 
 _TABLE = """
 CREATE TABLE IF NOT EXISTS cell_rows (metric_key INTEGER NOT NULL, series_id INTEGER NOT NULL,
-    k INTEGER NOT NULL, cu BIGINT NOT NULL, n INTEGER NOT NULL, s DOUBLE, last_dt INTEGER,
+    c0 INTEGER NOT NULL, c1 INTEGER NOT NULL, cu BIGINT NOT NULL, n INTEGER NOT NULL, s DOUBLE,
+    last_dt INTEGER,
     last_v DOUBLE, top_dt INTEGER, top_real BOOLEAN NOT NULL, first_dt INTEGER, first_v DOUBLE,
     inc DOUBLE, bad INTEGER NOT NULL);
 """
 
 
-def cells_per_group(width: int) -> int:
-    """``L``: the cells of one group ``k`` (those of :data:`GROUP_MS`, at least one)."""
-    return max(1, GROUP_MS // width) if width > 0 else 1
-
-
-def cell_number(width: int, table: str = "") -> str:
+def cell_number(table: str = "") -> str:
     """SQL for ``c`` of a row of ``cell_rows`` (named ``table`` in the query, if given)."""
-    n, at = cells_per_group(width), f"{table}." if table else ""
-    return f"({at}k::BIGINT * {n} + 1 + {at}cu - {at}series_id::BIGINT * {n})"
+    at = f"{table}." if table else ""
+    return f"({at}cu - {at}series_id::BIGINT * ({at}c1 - {at}c0 + 1) + {at}c0)"
 
 
-def _group(c: int, n: int) -> int:
-    """``k`` of cell ``c``: ``(c - 1) // n`` as DuckDB divides (toward zero)."""
-    return abs(c - 1) // n * (1 if c >= 1 else -1)
+def _packed(c: str, c0: str, c1: str) -> str:
+    """SQL for ``cu`` of cell ``c`` in a batch of cells ``c0 … c1``."""
+    return f"series_id::BIGINT * ({c1} - {c0} + 1) + {c} - {c0}"
 
 
-def group_filter(width: int, lo: int, hi: int) -> str:
-    """A ``cells`` filter for cells ``lo … hi`` that DuckDB pushes into its scans (on ``k``;
-    the caller still filters on ``c``)."""
-    n = cells_per_group(width)
-    return f"k BETWEEN {_group(int(lo), n)} AND {_group(int(hi), n)}"
+def span_filter(lo: int, hi: int) -> str:
+    """A ``cells`` filter for cells ``lo … hi`` that DuckDB pushes into its scans (on ``c0``
+    and ``c1``; the caller still filters on ``c``)."""
+    return f"c0 <= {int(hi)} AND c1 >= {int(lo)}"
 
 
-def create(cur: duckdb.DuckDBPyConnection, width: int) -> None:
+_COLUMNS = "n, s, last_dt, last_v, top_dt, top_real, first_dt, first_v, inc, bad"
+
+
+def create(cur: duckdb.DuckDBPyConnection) -> None:
     """Create the ``cell_rows`` table and the ``cells`` view over it (if missing)."""
     cur.execute(_TABLE)
     cur.execute(
-        "CREATE VIEW IF NOT EXISTS cells AS SELECT metric_key, series_id, k, "
-        f"{cell_number(width)}::INTEGER AS c, n, s, last_dt, last_v, top_dt, top_real, "
-        "first_dt, first_v, inc, bad FROM cell_rows"
+        "CREATE VIEW IF NOT EXISTS cells AS SELECT metric_key, series_id, c0, c1, "
+        f"{cell_number()}::INTEGER AS c, {_COLUMNS} FROM cell_rows"
     )
 
 
-def reorder(cur: duckdb.DuckDBPyConnection, width: int, lo: int, hi: int) -> None:
-    """Sort the cells ``lo … hi`` (whole groups: a merged run's span) by ``(metric_key,
-    series_id, c)``, in the caller's transaction: a read of one metric over days then meets its
-    cells together instead of a slice of every group's."""
-    n = cells_per_group(width)
-    within = f"k BETWEEN {_group(int(lo), n)} AND {_group(int(hi), n)}"
+def reorder(cur: duckdb.DuckDBPyConnection, lo: int, hi: int) -> None:
+    """Write the cells ``lo … hi`` (a merged run's span) again as one batch sorted by
+    ``(metric_key, series_id, c)``, in the caller's transaction: a read of one metric over days
+    then meets its cells together instead of a slice of every block's."""
+    lo, hi = int(lo), int(hi)
+    within = f"{span_filter(lo, hi)} AND {cell_number()} BETWEEN {lo} AND {hi}"
     cur.execute(
-        "CREATE OR REPLACE TEMP TABLE cells_reordered AS SELECT * FROM cell_rows "
-        f"WHERE {within} ORDER BY metric_key, series_id, k, cu"
+        "CREATE OR REPLACE TEMP TABLE cells_reordered AS SELECT metric_key, series_id, "
+        f"{lo} AS c0, {hi} AS c1, {_packed(cell_number(), str(lo), str(hi))} AS cu, {_COLUMNS} "
+        f"FROM cell_rows WHERE {within} ORDER BY metric_key, series_id, cu"
     )
     cur.execute(f"DELETE FROM cell_rows WHERE {within}")
     cur.execute("INSERT INTO cell_rows SELECT * FROM cells_reordered")
@@ -167,10 +166,10 @@ def is_counter(metric: str) -> bool:
 def _insert_sql(width: int, source: str, *, counter: bool) -> str:
     """``INSERT`` the cells of the rows of ``source`` (a subquery of ``metric_key, series_id,
     t, v``)."""
-    w, n = int(width), cells_per_group(width)
+    w = int(width)
     cell = f"(t + {w - 1}) // {w}"
     start = f"(c::BIGINT - 1) * {w}"
-    k = f"(c::BIGINT - 1) // {n}"
+    c0, c1 = "min(c) OVER ()", "max(c) OVER ()"  # the batch's cells
     inner = f"SELECT metric_key, series_id, t, v, {cell} AS c FROM {source}"
     first = "NULL, NULL, NULL"
     if counter:  # the increase over consecutive not-NaN samples of the cell
@@ -178,8 +177,8 @@ def _insert_sql(width: int, source: str, *, counter: bool) -> str:
         first = f"(min(t) {_OK} - {start})::INTEGER, arg_min(v, t) {_OK}, {INCREASE}"
     newest_is_nan = "isnan(arg_max(v, t))"
     return (
-        f"INSERT INTO cell_rows SELECT metric_key, series_id, {k}, "
-        f"series_id::BIGINT * {n} + c - 1 - {k} * {n}, count(v) {_OK}, fsum(v) {_OK}, "
+        f"INSERT INTO cell_rows SELECT metric_key, series_id, {c0}, {c1}, "
+        f"{_packed('c', c0, c1)}, count(v) {_OK}, fsum(v) {_OK}, "
         f"(max(t) {_OK} - {start})::INTEGER, arg_max(v, t) {_OK}, "
         f"CASE WHEN {newest_is_nan} THEN (max(t) - {start})::INTEGER END, "
         f"false, {first}, 0 "
@@ -215,7 +214,7 @@ def build(cur: duckdb.DuckDBPyConnection, width: int, source: str, counter_keys:
     )  # fmt: skip
     cur.register("real_nans", table)
     try:
-        c = cell_number(width, "cell_rows")
+        c = cell_number("cell_rows")
         cur.execute(
             "UPDATE cell_rows SET bad = cell_rows.bad + r.nans, top_real = cell_rows.top_real "
             f"OR coalesce(({c} - 1) * {int(width)} + cell_rows.top_dt = r.newest, false) "

@@ -124,7 +124,7 @@ log = logging.getLogger(__name__)
 BLOCK_MS = 2 * 3_600_000  # compaction moves samples out of the head in aligned blocks of 2 h
 HEAD_KEEP_MS = 3_600_000  # … once the newest sample is this far past the block's end
 MERGE_SPANS_MS = (86_400_000, 7 * 86_400_000)  # closed days, then weeks, become one run each
-SPAN_MS = cells.GROUP_MS  # ``run_rows.k``: a sample's two-hour span, ``t // SPAN_MS`` (fixed)
+SPAN_MS = 7_200_000  # ``run_rows.k``: a sample's two-hour span, ``t // SPAN_MS`` (fixed)
 _K_MIN, _K_MAX = -(2**31), 2**31 - 1  # k is an INTEGER: spans beyond (±490,000 years) clamp
 # The runs' samples as ``blocks(run, metric_key, series_id, k, t, v)``: ``t = u - o``
 _BLOCKS_VIEW = (
@@ -362,7 +362,7 @@ class DuckDBStore:
         self._con.execute("SET enable_progress_bar = false")  # long builds: no bar in logs
         self._con.execute(_SCHEMA)
         self._upgrade_blocks()
-        cells.create(self._con, self.cell_ms)
+        cells.create(self._con)
         self._lock = threading.Lock()
         self._labels: list[dict[str, str]] = []
         # each series' sorted label pairs without empty values (the evaluator's label sets)
@@ -467,7 +467,7 @@ class DuckDBStore:
         if not ready:  # another width or layout: start over (an empty table is complete)
             con.execute("BEGIN TRANSACTION")
             cells.drop(con)
-            cells.create(con, self.cell_ms)
+            cells.create(con)
             if oldest is None or not self.cell_ms:
                 self._record_cells(con)
                 ready = True
@@ -704,7 +704,7 @@ class DuckDBStore:
         """The cells of ``ids`` (sorted, registered as ``wanted``) numbered ``span``, and those
         that meet condition ``also``."""
         keys, _ = self._where(ids)
-        groups = cells.group_filter(self.cell_ms, span[0] - 1, span[1])  # also: the cell before
+        groups = cells.span_filter(span[0] - 1, span[1])  # also: the cell before
         numbered = f"c BETWEEN {int(span[0])} AND {int(span[1])}"
         return f"{keys} AND {groups} AND series_id IN (SELECT id FROM wanted) AND ({numbered}" + (
             f" OR {also})" if also else ")"
@@ -1210,7 +1210,7 @@ class DuckDBStore:
                 row = self._con.execute(sql, {"t": t_ms}).fetchone()
                 deleted += int(row[0]) if row else 0
             if self.cell_ms:  # every cell that may have lost a sample
-                c = cells.cell_number(self.cell_ms)
+                c = cells.cell_number()
                 self._con.execute(
                     f"DELETE FROM cell_rows WHERE ({c} - 1) * {self.cell_ms} + 1 < ?", [t_ms]
                 )
@@ -1346,7 +1346,7 @@ class DuckDBStore:
             )
             if self.cell_ms:  # and its cells, series by series too
                 w = self.cell_ms
-                cells.reorder(cur, w, start_ms // w + 1, end_ms // w)
+                cells.reorder(cur, start_ms // w + 1, end_ms // w)
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")
@@ -1413,7 +1413,7 @@ class DuckDBStore:
             )
             con.execute(
                 "DELETE FROM cell_rows USING straggler_cells s WHERE cell_rows.series_id = "
-                f"s.series_id AND {cells.cell_number(w, 'cell_rows')} = s.c"
+                f"s.series_id AND {cells.cell_number('cell_rows')} = s.c"
             )
             cells.build(
                 con,
