@@ -73,9 +73,8 @@ COUNTER_SUFFIXES = ("_total", "_count", "_sum", "_bucket")
 _TABLE = """
 CREATE TABLE IF NOT EXISTS cell_rows (metric_key INTEGER NOT NULL, series_id INTEGER NOT NULL,
     c0 INTEGER NOT NULL, c1 INTEGER NOT NULL, cu BIGINT NOT NULL, n INTEGER NOT NULL, s DOUBLE,
-    last_dt INTEGER,
-    last_v DOUBLE, top_dt INTEGER, top_real BOOLEAN NOT NULL, first_dt INTEGER, first_v DOUBLE,
-    inc DOUBLE, bad INTEGER NOT NULL);
+    last_dt INTEGER, last_v DOUBLE, top_dt INTEGER, top_real BOOLEAN NOT NULL, first_dt INTEGER,
+    first_v DOUBLE, inc DOUBLE, bad INTEGER NOT NULL);
 """
 
 
