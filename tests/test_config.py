@@ -33,6 +33,7 @@ def test_toml_then_environment(tmp_path: Path) -> None:
     cfg = tmp_path / "fleetscope.toml"
     cfg.write_text(
         '[server]\ndata = "/srv/fs"\nport = 9000\n[metrics]\nretention = "14d"\n'
+        'memory_limit = "40%"\n'
         '[[scrape]]\nurl = "http://gpu-01:9400/metrics"\njob = "dcgm"\n'
         '[teams.accounts]\nllm = "llm-research"\n'
     )
@@ -40,6 +41,8 @@ def test_toml_then_environment(tmp_path: Path) -> None:
     assert s.data_dir == Path("/srv/fs")
     assert s.port == 9100
     assert s.retention_ms == 14 * 86_400_000
+    assert s.memory_limit == "40%"
+    assert load(None, env={}).memory_limit is None  # DuckDB's default
     assert s.scrape[0].instance == "gpu-01:9400"
     assert s.team_accounts == {"llm": "llm-research"}
 
@@ -49,6 +52,12 @@ def test_toml_then_environment(tmp_path: Path) -> None:
     [
         pytest.param('[server]\nport = "x"\n', "server.port must be a int", id="port-type"),
         pytest.param('[metrics]\nretention = "forever"\n', "metrics.retention", id="retention"),
+        pytest.param(
+            '[metrics]\nmemory_limit = "lots"\n', "metrics.memory_limit must be a size", id="memory"
+        ),
+        pytest.param(
+            "[metrics]\nmemory_limit = 4\n", "metrics.memory_limit must be a str", id="memory-type"
+        ),
         pytest.param('[[scrape]]\njob = "a"\n', r"scrape\[0\] needs a url", id="scrape-url"),
         pytest.param("[server\n", "cannot read", id="bad-toml"),
     ],

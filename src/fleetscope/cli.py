@@ -124,7 +124,7 @@ def _open_stores(settings: Settings) -> object:
     from fleetscope.store.duckdb import DuckDBStore
 
     try:
-        return DuckDBStore(settings.db_path)
+        return DuckDBStore(settings.db_path, memory_limit=settings.memory_limit)
     except Exception as exc:  # duckdb raises its own IOException when the file is locked
         console.print(f"[red]cannot open the store at {settings.db_path}:[/red] {exc}")
         raise typer.Exit(1) from exc

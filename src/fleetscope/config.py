@@ -13,6 +13,7 @@ Example ``fleetscope.toml``::
 
     [metrics]
     retention = "30d"          # samples older than this are dropped (embedded backend)
+    # memory_limit = "40%"     # embedded store's DuckDB memory (or "4GB"); default 80 % of RAM
     backend = "embedded"       # or "prometheus": any Prometheus-compatible server (below)
     # url = "http://victoria-metrics:8428"      # its query API base (before /api/v1)
     # remote_write_url = "http://…/api/v1/write" # where agents push (default <url>/api/v1/write)
@@ -152,6 +153,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     retention_ms: int = 30 * 86_400_000
+    memory_limit: str | None = None  # the embedded store's DuckDB memory limit; None: DuckDB's
     idle_threshold: float = 0.05  # utilization below this counts as idle (DESIGN "Definitions")
     scrape: list[ScrapeConfig] = field(default_factory=list)
     team_accounts: dict[str, str] = field(default_factory=dict)  # account/namespace → team
@@ -253,6 +255,16 @@ def _apply_toml(settings: Settings, doc: Mapping[str, Any]) -> None:
             raise ConfigError(f"metrics.retention: {exc}") from exc
     if "idle_threshold" in metrics:
         settings.idle_threshold = _get(metrics, "idle_threshold", float, "metrics")
+    if "memory_limit" in metrics:
+        from fleetscope.store.duckdb import MEMORY_LIMIT
+
+        limit = _get(metrics, "memory_limit", str, "metrics")
+        if not MEMORY_LIMIT.match(limit):
+            raise ConfigError(
+                f'metrics.memory_limit must be a size or a share of RAM, e.g. "4GB", "512MiB" '
+                f'or "40%", got {limit!r}'
+            )
+        settings.memory_limit = limit
     for i, target in enumerate(doc.get("scrape", [])):
         where = f"scrape[{i}]"
         if "url" not in target:

@@ -480,6 +480,15 @@ def test_reads_of_runs_around_negative_and_span_edge_times(tmp_path: Path) -> No
     runs.close()
 
 
+def test_the_memory_limit_reaches_duckdb_and_a_bad_one_is_refused(tmp_path: Path) -> None:
+    s = DuckDBStore(tmp_path / "m.duckdb", memory_limit="256MiB")
+    row = s._con.execute("SELECT current_setting('memory_limit')").fetchone()
+    assert row is not None and row[0] == "256.0 MiB"
+    s.close()
+    with pytest.raises(ValueError, match="memory limit 'lots'"):
+        DuckDBStore(tmp_path / "n.duckdb", memory_limit="lots")
+
+
 class CompactsDuringARead(DuckDBStore):
     """Compacts between planning a head-only read and running it, as another thread could."""
 

@@ -49,6 +49,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 from bisect import insort
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -125,6 +126,7 @@ BLOCK_MS = 2 * 3_600_000  # compaction moves samples out of the head in aligned 
 HEAD_KEEP_MS = 3_600_000  # … once the newest sample is this far past the block's end
 MERGE_SPANS_MS = (86_400_000, 7 * 86_400_000)  # closed days, then weeks, become one run each
 SPAN_MS = 7_200_000  # ``run_rows.k``: a sample's two-hour span, ``t // SPAN_MS`` (fixed)
+MEMORY_LIMIT = re.compile(r"^\d+(\.\d+)?\s*([KMGT]i?B|%)$", re.IGNORECASE)
 _K_MIN, _K_MAX = -(2**31), 2**31 - 1  # k is an INTEGER: spans beyond (±490,000 years) clamp
 # The runs' samples as ``blocks(run, metric_key, series_id, k, t, v)``: ``t = u - o``
 _BLOCKS_VIEW = (
@@ -349,7 +351,13 @@ class DuckDBStore:
         head_keep_ms: int = HEAD_KEEP_MS,
         merge_spans_ms: Sequence[int] = MERGE_SPANS_MS,
         cell_ms: int = cells.CELL_MS,
+        memory_limit: str | None = None,
     ) -> None:
+        """``memory_limit``: DuckDB's (``"4GB"``, ``"40%"`` of RAM…; ``None``: DuckDB's
+        default, 80 %), which upgrades, merges and cell builds of large stores reach (they
+        spill to disk beyond it)."""
+        if memory_limit is not None and not MEMORY_LIMIT.match(memory_limit):
+            raise ValueError(f"memory limit {memory_limit!r}: expected e.g. 4GB, 512MiB or 40%")
         self.path = str(path)
         self.block_ms = block_ms
         self.head_keep_ms = head_keep_ms
@@ -360,6 +368,8 @@ class DuckDBStore:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._con = duckdb.connect(self.path)
         self._con.execute("SET enable_progress_bar = false")  # long builds: no bar in logs
+        if memory_limit is not None:
+            self._con.execute(f"SET memory_limit = '{memory_limit}'")
         self._con.execute(_SCHEMA)
         self._upgrade_blocks()
         cells.create(self._con)
