@@ -57,6 +57,10 @@ _DURATION = re.compile(
 _UNIT_MS = (365 * 86_400_000, 7 * 86_400_000, 86_400_000, 3_600_000, 60_000, 1000, 1)
 
 
+MEMORY_LIMIT = re.compile(r"^\d+(\.\d+)?\s*([KMGT]i?B|%)$", re.IGNORECASE)
+"""A DuckDB memory limit: a size (``4GB``, ``512MiB``) or a share of RAM (``40%``)."""
+
+
 class ConfigError(ValueError):
     """A setting is missing or malformed; the message names it."""
 
@@ -256,8 +260,6 @@ def _apply_toml(settings: Settings, doc: Mapping[str, Any]) -> None:
     if "idle_threshold" in metrics:
         settings.idle_threshold = _get(metrics, "idle_threshold", float, "metrics")
     if "memory_limit" in metrics:
-        from fleetscope.store.duckdb import MEMORY_LIMIT
-
         limit = _get(metrics, "memory_limit", str, "metrics")
         if not MEMORY_LIMIT.match(limit):
             raise ConfigError(

@@ -30,6 +30,7 @@ from fleetscope.store import (
     SampleBatch,
     SelectHints,
     Series,
+    check_bucket_aggregates,
 )
 
 from .reference_buckets import is_stale, reference_buckets
@@ -73,9 +74,7 @@ class BucketingFake(FakeMetricStore):
     ) -> Buckets | None:
         self.bucket_calls += 1
         self.asked = tuple(sorted(aggregates))
-        unknown = set(aggregates) - {*BUCKET_AGGREGATES, COUNTER_AGGREGATE}
-        if unknown:
-            raise ValueError(f"unknown bucket aggregates {sorted(unknown)}")
+        check_bucket_aggregates(aggregates)
         if self.answer == "none":
             return None
         found = FakeMetricStore.select(self, matchers, base_ms, base_ms + (n - 1) * width_ms)

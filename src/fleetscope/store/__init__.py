@@ -253,6 +253,13 @@ COUNTER_AGGREGATE = "counter"
 request, and a store may answer ``None`` when it cannot compute it cheaply."""
 
 
+def check_bucket_aggregates(aggregates: Collection[str]) -> None:
+    """Raise ``ValueError`` naming the aggregates that :class:`Buckets` does not have."""
+    unknown = set(aggregates) - {*BUCKET_AGGREGATES, COUNTER_AGGREGATE}
+    if unknown:
+        raise ValueError(f"unknown bucket aggregates {sorted(unknown)}")
+
+
 class SupportsBuckets(Protocol):
     """A :class:`MetricStore` that aggregates samples per time bucket itself (in SQL)."""
 

@@ -49,7 +49,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import threading
 from bisect import insort
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -63,6 +62,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
+from fleetscope.config import MEMORY_LIMIT
 from fleetscope.model import Event, Job, JobState
 from fleetscope.store import (
     BUCKET_AGGREGATES,
@@ -81,6 +81,7 @@ from fleetscope.store import (
     Series,
     StoreStats,
     cells,
+    check_bucket_aggregates,
     matches_all,
 )
 
@@ -126,7 +127,6 @@ BLOCK_MS = 2 * 3_600_000  # compaction moves samples out of the head in aligned 
 HEAD_KEEP_MS = 3_600_000  # … once the newest sample is this far past the block's end
 MERGE_SPANS_MS = (86_400_000, 7 * 86_400_000)  # closed days, then weeks, become one run each
 SPAN_MS = 7_200_000  # ``run_rows.k``: a sample's two-hour span, ``t // SPAN_MS`` (fixed)
-MEMORY_LIMIT = re.compile(r"^\d+(\.\d+)?\s*([KMGT]i?B|%)$", re.IGNORECASE)
 _K_MIN, _K_MAX = -(2**31), 2**31 - 1  # k is an INTEGER: spans beyond (±490,000 years) clamp
 # The runs' samples as ``blocks(run, metric_key, series_id, k, t, v)``: ``t = u - o``
 _BLOCKS_VIEW = (
@@ -1100,9 +1100,7 @@ class DuckDBStore:
         if not ids or n <= 0 or width_ms <= 0:
             return Buckets([], *_empty_buckets(0, max(n, 0)))
         maxt = base_ms + (n - 1) * width_ms
-        unknown = set(aggregates) - {*BUCKET_AGGREGATES, COUNTER_AGGREGATE}
-        if unknown:
-            raise ValueError(f"unknown bucket aggregates {sorted(unknown)}")
+        check_bucket_aggregates(aggregates)
         counter = COUNTER_AGGREGATE in aggregates
         w, base, width = self.cell_ms, int(base_ms), int(width_ms)
         aligned = bool(w) and base % w == 0 and width % w == 0
