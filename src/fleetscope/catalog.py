@@ -70,7 +70,7 @@ _ALL: tuple[Metric, ...] = (
     _m("fleet_gpu_dram_active_ratio", "gauge", "ratio", _G, "gpu",
        "Fraction of cycles the device memory interface was active (DCGM PROF_DRAM_ACTIVE)."),
     _m("fleet_gpu_memory_used_bytes", "gauge", "bytes", _G, "gpu",
-       "Frame-buffer memory in use."),
+       "Frame-buffer memory in use (as nvidia-smi shows it: the driver's reserved part left out)."),
     _m("fleet_gpu_memory_total_bytes", "gauge", "bytes", _G, "gpu",
        "Frame-buffer memory installed."),
     _m("fleet_gpu_temperature_celsius", "gauge", "celsius", _G, "gpu",

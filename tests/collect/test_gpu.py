@@ -242,6 +242,36 @@ def test_pcie_throughput_is_integrated_into_byte_counters() -> None:
     assert one(gpu.collect(), "fleet_gpu_pcie_receive_bytes_total") == total + 300 * 1024
 
 
+def test_memory_used_leaves_the_drivers_reserved_memory_out_as_nvidia_smi_does() -> None:
+    dev = h100(memory_used_bytes=2**30, memory_reserved_bytes=645 * 2**20)
+    nvml = FakeNVML([dev])
+    samples = GPUCollector("n1", nvml).collect()
+    assert one(samples, "fleet_gpu_memory_used_bytes") == 2**30
+    assert one(samples, "fleet_gpu_memory_total_bytes") == dev.memory_total_bytes
+    # a driver without nvmlDeviceGetMemoryInfo_v2: v1, reserved included; v2 asked once
+    old = FakeNVML([h100(memory_used_bytes=2**30, memory_reserved_bytes=2**20)])
+    old.devices[0].unsupported.add("nvmlDeviceGetMemoryInfo_v2")
+    gpu = GPUCollector("n1", old)
+    for _ in range(3):
+        assert one(gpu.collect(), "fleet_gpu_memory_used_bytes") == 2**30 + 2**20
+    assert old.calls["nvmlDeviceGetMemoryInfo"] == 4
+    assert (0, "nvmlDeviceGetMemoryInfo.v2") in gpu.caller.unsupported
+
+
+def test_a_struct_version_the_driver_lacks_is_a_capability_not_a_failure() -> None:
+    nvml = FakeNVML([h100(memory_used_bytes=5)])
+
+    def mismatch(handle: Any, version: int | None = None) -> Any:
+        if version:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH)
+        return pynvml.c_nvmlMemory_t(total=10, free=5, used=5)
+
+    nvml.nvmlDeviceGetMemoryInfo = mismatch  # type: ignore[method-assign]
+    gpu = GPUCollector("n1", nvml)
+    assert one(gpu.collect(), "fleet_gpu_memory_used_bytes") == 5
+    assert gpu.failures == {} and (0, "nvmlDeviceGetMemoryInfo.v2") in gpu.caller.unsupported
+
+
 def test_real_pynvml_never_raises() -> None:
     """On a machine without a driver this records the failure; with GPUs it reads them."""
     gpu = GPUCollector("here")

@@ -11,7 +11,9 @@ as a decimal string, ``gpu_model`` the NVML name):
 metric                                      NVML source → unit conversion
 ==========================================  ============================================
 ``fleet_gpu_utilization_ratio``             ``UtilizationRates.gpu`` % → ÷100
-``fleet_gpu_memory_used_bytes``             ``MemoryInfo.used`` bytes
+``fleet_gpu_memory_used_bytes``             ``MemoryInfo_v2.used`` bytes (the driver's reserved
+                                            memory left out, as nvidia-smi shows it; the v1
+                                            ``used``, reserved included, where v2 is missing)
 ``fleet_gpu_memory_total_bytes``            ``MemoryInfo.total`` bytes
 ``fleet_gpu_temperature_celsius``           ``Temperature(GPU)`` °C
 ``fleet_gpu_power_watts``                   ``PowerUsage`` mW → ÷1000
@@ -42,11 +44,15 @@ Conventions:
   yet yields only ``fleet_gpu_up 0`` with labels ``{node, gpu}`` (identity is cached once read).
 - If ``nvmlInit`` fails (no driver, no library), ``collect`` yields nothing and ``init_error``
   says why; the next ``collect`` tries again (the failure is logged once).
-- PCIe: NVML only reports a throughput in KB/s (read as KiB/s, 1 KB = 1024 bytes, as
-  nvitop does) sampled over ~20 ms. The collector keeps a byte counter per GPU and direction
-  and adds the trapezoid ``(previous + current)/2 × 1024 × Δt`` between successful reads. It is an
-  estimate; it starts at 0 when the collector starts (a counter reset, which ``rate()`` handles),
-  and a failed read restarts the integration rather than guessing across the gap.
+- PCIe: NVML reports a throughput in KB/s (read as KiB/s, 1 KB = 1024 bytes, as nvitop
+  does) that it samples over ~20 ms *while the call blocks*: the two directions cost a GPU
+  ~41 ms a cycle (H200, driver 580). The collector keeps a byte counter per GPU and direction
+  and adds the trapezoid ``(previous + current)/2 × 1024 × Δt`` between successful reads. It is
+  an estimate; it starts at 0 when the collector starts (a counter reset, which ``rate()``
+  handles), and a failed read restarts the integration rather than guessing across the gap.
+  NVML's field values ``NVML_FI_DEV_PCIE_COUNT_{TX,RX}_BYTES`` would be exact and fast, but they
+  are 32-bit (``valueType`` unsigned int on that H200): at PCIe 5 speed they wrap several
+  times a second, so no scrape interval can unwrap them.
 - Process ``pid`` is as NVML reports it (the host PID namespace). ``job``/``user`` come from
   ``owner_of(pid)``, normally :func:`fleetscope.collect.attribution.owner_of_pid` (or the older
   :func:`~fleetscope.collect.attribution.job_of_pid`); without one both are ``"unknown"``. A
@@ -190,8 +196,10 @@ class NVMLCaller:
     """The one wrapper every NVML call goes through (nvitop's pattern).
 
     ``call(device, fn, *args)`` returns the result or ``None``. ``unsupported`` holds the
-    (device, function) pairs known not to work (never asked again); ``failures`` counts transient
-    failures per function. ``ok``/``failed`` count outcomes since :meth:`reset_outcomes`.
+    (device, function) pairs known not to work (never asked again; a call's ``variant`` is part
+    of the function's name there, e.g. ``nvmlDeviceGetMemoryInfo.v2``); ``failures`` counts
+    transient failures per function. ``ok``/``failed`` count outcomes since
+    :meth:`reset_outcomes`.
     """
 
     def __init__(self, nvml: Any) -> None:
@@ -204,15 +212,21 @@ class NVMLCaller:
         self._capability_codes = {
             nvml.NVML_ERROR_NOT_SUPPORTED,
             nvml.NVML_ERROR_FUNCTION_NOT_FOUND,
+            # a struct version the driver lacks (25 in NVML's enum; older bindings lack the name)
+            getattr(nvml, "NVML_ERROR_ARGUMENT_VERSION_MISMATCH", 25),
         }
         self._lost_codes = {nvml.NVML_ERROR_GPU_IS_LOST, nvml.NVML_ERROR_RESET_REQUIRED}
 
     def reset_outcomes(self) -> None:
         self.ok = self.failed = 0
 
-    def call(self, device: int, fn: str, *args: Any) -> Any | None:
-        """``nvml.<fn>(*args)``, or ``None`` when unsupported or failed; raises :class:`GPULost`."""
-        key = (device, fn)
+    def call(self, device: int, fn: str, *args: Any, variant: str = "") -> Any | None:
+        """``nvml.<fn>(*args)``, or ``None`` when unsupported or failed; raises :class:`GPULost`.
+
+        ``variant`` names a form of the call that is supported or not on its own (e.g. ``"v2"``
+        of a versioned struct): it is remembered as ``fn + "." + variant``.
+        """
+        key = (device, f"{fn}.{variant}" if variant else fn)
         if key in self.unsupported:
             return None
         func = getattr(self.nvml, fn, None)
@@ -227,7 +241,7 @@ class NVMLCaller:
                 raise GPULost(f"GPU {device}: {err}") from err
             if code in self._capability_codes:
                 self.unsupported.add(key)
-                log.debug("NVML %s not supported on GPU %d: %s", fn, device, err)
+                log.debug("NVML %s not supported on GPU %d: %s", key[1], device, err)
                 return None
             self._fail(device, fn, err)
             return None
@@ -437,7 +451,7 @@ class GPUCollector:
 
         util = call(i, "nvmlDeviceGetUtilizationRates", h)
         yield from sample("fleet_gpu_utilization_ratio", None if util is None else util.gpu / 100)
-        mem = call(i, "nvmlDeviceGetMemoryInfo", h)
+        mem = self._memory(i, h)
         yield from sample("fleet_gpu_memory_used_bytes", None if mem is None else mem.used)
         yield from sample("fleet_gpu_memory_total_bytes", None if mem is None else mem.total)
         temp = call(i, "nvmlDeviceGetTemperature", h, nv.NVML_TEMPERATURE_GPU)
@@ -477,6 +491,15 @@ class GPUCollector:
                 "fleet_gpu_process_memory_bytes", used, pid=str(pid), job=job, user=user
             )
 
+    def _memory(self, i: int, h: Any) -> Any | None:
+        """``MemoryInfo_v2`` (``used`` without the driver's reserved memory), else v1."""
+        v2 = getattr(self.nvml, "nvmlMemory_v2", None)
+        if v2 is not None and (i, _MEMORY_V2) not in self.caller.unsupported:
+            mem = self.caller.call(i, "nvmlDeviceGetMemoryInfo", h, v2, variant="v2")
+            if mem is not None or (i, _MEMORY_V2) not in self.caller.unsupported:
+                return mem
+        return self.caller.call(i, "nvmlDeviceGetMemoryInfo", h)
+
     def _throttle_reasons(self, i: int, h: Any) -> int | None:
         """Clocks-event reasons, falling back to the pre-12.535 name when that is unsupported."""
         new = "nvmlDeviceGetCurrentClocksEventReasons"
@@ -499,6 +522,9 @@ class GPUCollector:
         for (gpu, _name), integ in self._pcie.items():
             if gpu == index:
                 integ.last_kbps = integ.last_t = None
+
+
+_MEMORY_V2 = "nvmlDeviceGetMemoryInfo.v2"
 
 
 def _scaled(milli: float | None) -> float | None:

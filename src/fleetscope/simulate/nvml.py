@@ -17,6 +17,10 @@ Faithfulness, decided once:
   ``pynvml.nvmlFriendlyObject`` with ``pid``, ``usedGpuMemory``, ``gpuInstanceId``,
   ``computeInstanceId``; strings are ``str``; scalar readings are ``int``.
 - **Units are NVML's**: percent, bytes, milli-watts, milli-joules, MHz, KB/s, °C.
+- **Memory** as an H200 with driver 580 answers: ``nvmlDeviceGetMemoryInfo`` v1 counts the
+  driver's reserved memory in ``used``; with ``version=nvmlMemory_v2`` it is in ``reserved``
+  and out of ``used`` (name ``"nvmlDeviceGetMemoryInfo_v2"`` in ``unsupported`` for a driver
+  without that symbol: ``FunctionNotFound``).
 - **Behaviour**: every call before :meth:`FakeNVML.nvmlInit` (or after the matching
   :meth:`~FakeNVML.nvmlShutdown`) raises ``NVMLError_Uninitialized``; a device with ``lost=True``
   raises ``NVMLError_GpuIsLost`` from every per-device call, including
@@ -75,6 +79,7 @@ class FakeDevice:
     ecc_uncorrected: int = 0
     pcie_tx_kbps: int = 0  # KB/s
     pcie_rx_kbps: int = 0  # KB/s
+    memory_reserved_bytes: int = 0  # the driver's own; v1 MemoryInfo counts it in used, v2 not
     processes: list[tuple[int, int]] = field(default_factory=list)  # (pid, used bytes)
     unsupported: set[str] = field(default_factory=set)  # NVML function names
     lost: bool = False
@@ -157,7 +162,7 @@ class FakeNVML:
         self._refcount = 0
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith(("NVML_", "NVMLError")) and hasattr(pynvml, name):
+        if name.startswith(("NVML_", "NVMLError", "nvmlMemory_v")) and hasattr(pynvml, name):
             return getattr(pynvml, name)
         raise AttributeError(f"FakeNVML has no attribute {name!r}")
 
@@ -208,11 +213,14 @@ class FakeNVML:
 
     def nvmlDeviceGetMemoryInfo(self, handle: FakeHandle, version: int | None = None) -> Any:
         d = self._device("nvmlDeviceGetMemoryInfo", handle)
-        total, used = d.memory_total_bytes, d.memory_used_bytes
+        total, used, reserved = d.memory_total_bytes, d.memory_used_bytes, d.memory_reserved_bytes
+        free = total - used - reserved
         if not version:
-            return pynvml.c_nvmlMemory_t(total=total, free=total - used, used=used)
+            return pynvml.c_nvmlMemory_t(total=total, free=free, used=used + reserved)
+        if f"nvmlDeviceGetMemoryInfo_v{version >> 24}" in d.unsupported:
+            raise _error(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)  # a driver without the v2 symbol
         return pynvml.c_nvmlMemory_v2_t(
-            version=version, total=total, reserved=0, free=total - used, used=used
+            version=version, total=total, reserved=reserved, free=free, used=used
         )
 
     def nvmlDeviceGetTemperature(self, handle: FakeHandle, sensor: int) -> int:
