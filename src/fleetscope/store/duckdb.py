@@ -247,6 +247,12 @@ def _inside_cells(
     return out
 
 
+# A bucket read's flags column: NaNs among the raw rows (stale markers, or real NaNs the
+# caller must see), and a real NaN inside a cell.
+_NANS, _REAL_NAN = 1, 2
+_FLAGS = f"((nans > 0)::INTEGER * {_NANS} + (bad > 0)::INTEGER * {_REAL_NAN})"
+
+
 def _fold_parts(parts: dict[str, Any]) -> dict[str, Any]:
     """Combine the parts of each (series, bucket) (raw samples before, cells, raw after:
     never overlapping in time; sorted by series, bucket, non-empty, time) into one row: counts
@@ -269,7 +275,7 @@ def _fold_parts(parts: dict[str, Any]) -> dict[str, Any]:
     f = {name: floats(name) for name in ("s", "lo", "hi", "last", "edge", "first", "inc")}
     if len(sid) == 0:
         return (
-            {k: np.empty(0) for k in ("series_id", "b", "n", "bad", "nans")}
+            {k: np.empty(0, np.int64) for k in ("series_id", "b", "n", "flags")}
             | {k: np.empty(0) for k in ("s", "lo", "hi", "last", "edge", "first", "inc")}
             | {"first_t": np.empty(0, np.int64), "last_t": np.empty(0, np.int64)}
         )
@@ -304,8 +310,9 @@ def _fold_parts(parts: dict[str, Any]) -> dict[str, Any]:
         "inc": masked(inc, some),
         "first_t": np.where(some, first_t[head], 0),
         "last_t": np.where(some, last_t[ends], 0),
-        "nans": np.asarray(parts["nans"], np.int64),
-        "bad": np.asarray(parts["bad"], np.int64),
+        # per part, not per bucket: only ever asked whether any is set
+        "flags": np.where(np.asarray(parts["nans"]) > 0, _NANS, 0)
+        | np.where(np.asarray(parts["bad"]) > 0, _REAL_NAN, 0),
     }
 
 
@@ -509,7 +516,8 @@ class DuckDBStore:
         """:class:`Buckets` from one row per (series, bucket): series in label order, NULLs
         (nothing there, or not asked for) as NaN."""
         sids = np.asarray(cols["series_id"], np.int64)
-        present = np.unique(sids)
+        # series ids are small and dense: a count per id finds them without np.unique's sort
+        present = np.flatnonzero(np.bincount(sids)) if len(sids) else sids
         order = self._in_label_order(present)
         row_of = np.empty(int(present.max()) + 1 if len(present) else 0, np.int64)
         row_of[present[order]] = np.arange(len(order))
@@ -530,9 +538,13 @@ class DuckDBStore:
             extra["last_t"].reshape(-1)[flat] = np.ma.getdata(cols["last_t"])
             named += [(extra["first"], "first"), (extra["increase"], "inc")]
         for array, name in named:
-            data, missing = np.ma.getdata(cols[name]), np.ma.getmaskarray(cols[name])
-            if not missing.all():
-                array.reshape(-1)[flat] = np.where(missing, np.nan, data)
+            if name not in cols:  # not asked for: stays NaN
+                continue
+            column = cols[name]
+            if not np.ma.is_masked(column):  # no NULL in it
+                array.reshape(-1)[flat] = np.ma.getdata(column)
+            elif not (missing := np.ma.getmaskarray(column)).all():
+                array.reshape(-1)[flat] = np.where(missing, np.nan, np.ma.getdata(column))
         has_edge.reshape(-1)[flat] = ~np.ma.getmaskarray(cols["edge"])
         labels = [dict(self._labels[int(present[i])]) for i in order]
         return Buckets(labels, count, total, lo, hi, last, edge, has_edge, **extra)
@@ -1134,6 +1146,17 @@ class DuckDBStore:
         # parts of a bucket never overlap in time (the counter fold below needs that)
         side = f"(t > {span[1] * w})::INTEGER" if span is not None else "0"
 
+        # Only the columns _as_buckets reads leave DuckDB: turning a column of half a million
+        # rows into NumPy costs about as much as computing it.
+        kept: list[str] = [n for n in ("s", "lo", "hi", "last") if n in aggregates_sql]
+        kept += ["edge"] + (["last_t", "first_t", "first", "inc"] if counter else [])
+
+        def slim(sql: str) -> str:
+            return (
+                f"SELECT series_id, b::INTEGER AS b, n::INTEGER AS n, {', '.join(kept)}, "
+                f"{_FLAGS} AS flags FROM ({sql})"
+            )
+
         def run(cur: duckdb.DuckDBPyConnection, rows: str) -> dict[str, Any] | None:
             raw = f"SELECT series_id, t, v, {bucket} AS b, {side} AS side FROM {rows}"
             counter_cols = ""
@@ -1150,7 +1173,7 @@ class DuckDBStore:
                 f"FROM ({raw}) GROUP BY series_id, b, side{cells_part}"
             )
             if counter and width == w:  # one part per (series, bucket): nothing to fold
-                cols: dict[str, Any] = cur.execute(parts).fetchnumpy()
+                cols: dict[str, Any] = cur.execute(slim(parts)).fetchnumpy()
             elif counter:  # each group's empty parts first, then the others oldest first
                 cols = _fold_parts(
                     cur.execute(
@@ -1159,13 +1182,17 @@ class DuckDBStore:
                 )
             else:
                 cols = cur.execute(
-                    "SELECT series_id, b, sum(n) AS n, sum(s) AS s, min(lo) AS lo, "
-                    "max(hi) AS hi, arg_max(last, last_t) AS last, max(edge) AS edge, "
-                    f"sum(nans) AS nans, sum(bad) AS bad FROM ({parts}) GROUP BY series_id, b"
+                    slim(
+                        "SELECT series_id, b, sum(n) AS n, sum(s) AS s, min(lo) AS lo, "
+                        "max(hi) AS hi, arg_max(last, last_t) AS last, max(edge) AS edge, "
+                        f"sum(nans) AS nans, sum(bad) AS bad FROM ({parts}) "
+                        "GROUP BY series_id, b"
+                    )
                 ).fetchnumpy()
-            if int(np.asarray(cols["bad"]).sum()):
+            flags = np.asarray(cols["flags"])
+            if (flags & _REAL_NAN).any():
                 return None  # a real NaN in a cell
-            if int(np.asarray(cols["nans"]).sum()):
+            if (flags & _NANS).any():
                 nans = cur.execute(f"SELECT v FROM {rows} WHERE isnan(v)").fetchnumpy()["v"]
                 if (np.asarray(nans, np.float64).view(np.int64) != STALE_NAN_BITS).any():
                     return None  # a real NaN: the caller applies Prometheus' rules to samples
