@@ -43,10 +43,11 @@ from fleetscope.collect.attribution import owner_of_pid
 from fleetscope.collect.gpu import USED_FUNCTIONS, GPUCollector
 from fleetscope.collect.xid import XIDCollector
 
-# nvidia-smi field → (metric, smi value → metric unit, absolute tolerance, relative tolerance)
+# nvidia-smi field → (metric, smi value → metric unit, absolute tolerance, relative tolerance);
+# nvidia-smi rounds memory to MiB, and reads the sensors a few ms after the collector did
 SMI_FIELDS: dict[str, tuple[str, Callable[[float], float], float, float]] = {
     "memory.total": ("fleet_gpu_memory_total_bytes", lambda v: v * 2**20, 2**20, 0.0),
-    "memory.used": ("fleet_gpu_memory_used_bytes", lambda v: v * 2**20, 2**30, 0.0),
+    "memory.used": ("fleet_gpu_memory_used_bytes", lambda v: v * 2**20, 2 * 2**20, 0.0),
     "temperature.gpu": ("fleet_gpu_temperature_celsius", float, 3.0, 0.0),
     "power.draw": ("fleet_gpu_power_watts", float, 40.0, 0.25),
     "enforced.power.limit": ("fleet_gpu_power_limit_watts", float, 1.0, 0.0),
