@@ -23,25 +23,16 @@ from fleetscope.query.value import stale_mask
 from fleetscope.simulate.fleet import FleetSpec
 from fleetscope.simulate.live import LiveFleet
 from fleetscope.simulate.sim import Simulation
-from fleetscope.store import METRIC_NAME, AppendResult, Matcher, SampleBatch
+from fleetscope.store import METRIC_NAME, Matcher, SampleBatch
 from fleetscope.store.duckdb import DuckDBStore
+
+from .capture import Capture
 
 START = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 HOUR = 3_600_000
 SPEC = FleetSpec(gpus=16, seed=8, node_failures_per_day=12)  # jobs change, a node fails
 JOIN = "fleet_gpu_utilization_ratio * on(gpu_uuid) group_left(team, job) fleet_gpu_allocation"
 Key = tuple[str, tuple[tuple[str, str], ...]]
-
-
-class CaptureStore:
-    """A sample sink that keeps every batch (a fake of the store's ``append``)."""
-
-    def __init__(self) -> None:
-        self.batches: list[SampleBatch] = []
-
-    def append(self, batch: SampleBatch) -> AppendResult:
-        self.batches.append(batch)
-        return AppendResult(len(batch), 0, 0)
 
 
 class Endpoint(ThreadingHTTPServer):
@@ -100,7 +91,7 @@ def window() -> tuple[int, int]:
     (jobs change hands on several GPUs then) and starts at a tick where some series stops (so
     the first live tick has a marker to write)."""
     probe = Simulation(SPEC)
-    capture = CaptureStore()
+    capture = Capture()
     probe.backfill(capture, START, START + 24 * HOUR)
     tick = SPEC.tick_ms
     d0 = min(d0 for node in probe.cluster.down for d0, d1 in node
@@ -147,7 +138,7 @@ def test_live_agents_write_the_markers_the_backfill_writes(
     window: tuple[int, int], live: DuckDBStore
 ) -> None:
     first, end = window
-    whole = CaptureStore()
+    whole = Capture()
     Simulation(SPEC).backfill(whole, START, end)
     wrote = samples(whole.batches, first, end)
     read = samples([stored(live, first, end)], first, end)

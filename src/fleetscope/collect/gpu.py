@@ -192,6 +192,11 @@ class GPULost(Exception):
     """NVML says the GPU is gone (``GpuIsLost``/``ResetRequired``) for the rest of this cycle."""
 
 
+def _call_key(device: int, fn: str, variant: str) -> tuple[int, str]:
+    """How :class:`NVMLCaller` names a call in ``unsupported``: ``fn``, or ``fn.variant``."""
+    return device, f"{fn}.{variant}" if variant else fn
+
+
 class NVMLCaller:
     """The one wrapper every NVML call goes through (nvitop's pattern).
 
@@ -226,7 +231,7 @@ class NVMLCaller:
         ``variant`` names a form of the call that is supported or not on its own (e.g. ``"v2"``
         of a versioned struct): it is remembered as ``fn + "." + variant``.
         """
-        key = (device, f"{fn}.{variant}" if variant else fn)
+        key = _call_key(device, fn, variant)
         if key in self.unsupported:
             return None
         func = getattr(self.nvml, fn, None)
@@ -253,6 +258,10 @@ class NVMLCaller:
             return None
         self.ok += 1
         return result
+
+    def is_unsupported(self, device: int, fn: str, variant: str = "") -> bool:
+        """Whether ``fn`` (in form ``variant``) is known not to work on ``device``."""
+        return _call_key(device, fn, variant) in self.unsupported
 
     def _fail(self, device: int, fn: str, err: Exception) -> None:
         self.failures[fn] += 1
@@ -386,7 +395,7 @@ class GPUCollector:
         ident = self._identities.get(index)
         if ident is not None and (
             ident.pci_bus_id is not None
-            or (index, "nvmlDeviceGetPciInfo") in self.caller.unsupported
+            or self.caller.is_unsupported(index, "nvmlDeviceGetPciInfo")
         ):
             return ident
         handle = self._handle(index)
@@ -493,18 +502,18 @@ class GPUCollector:
 
     def _memory(self, i: int, h: Any) -> Any | None:
         """``MemoryInfo_v2`` (``used`` without the driver's reserved memory), else v1."""
-        v2 = getattr(self.nvml, "nvmlMemory_v2", None)
-        if v2 is not None and (i, _MEMORY_V2) not in self.caller.unsupported:
-            mem = self.caller.call(i, "nvmlDeviceGetMemoryInfo", h, v2, variant="v2")
-            if mem is not None or (i, _MEMORY_V2) not in self.caller.unsupported:
+        fn, v2 = "nvmlDeviceGetMemoryInfo", getattr(self.nvml, "nvmlMemory_v2", None)
+        if v2 is not None:
+            mem = self.caller.call(i, fn, h, v2, variant="v2")
+            if mem is not None or not self.caller.is_unsupported(i, fn, "v2"):
                 return mem
-        return self.caller.call(i, "nvmlDeviceGetMemoryInfo", h)
+        return self.caller.call(i, fn, h)
 
     def _throttle_reasons(self, i: int, h: Any) -> int | None:
         """Clocks-event reasons, falling back to the pre-12.535 name when that is unsupported."""
         new = "nvmlDeviceGetCurrentClocksEventReasons"
         value = self.caller.call(i, new, h)
-        if value is None and (i, new) in self.caller.unsupported:
+        if value is None and self.caller.is_unsupported(i, new):
             value = self.caller.call(i, "nvmlDeviceGetCurrentClocksThrottleReasons", h)
         return None if value is None else int(value)
 
@@ -522,9 +531,6 @@ class GPUCollector:
         for (gpu, _name), integ in self._pcie.items():
             if gpu == index:
                 integ.last_kbps = integ.last_t = None
-
-
-_MEMORY_V2 = "nvmlDeviceGetMemoryInfo.v2"
 
 
 def _scaled(milli: float | None) -> float | None:
