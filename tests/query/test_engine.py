@@ -17,7 +17,14 @@ import pytest
 
 from fleetscope.query import Engine, QueryError
 from fleetscope.query.engine import Evaluator
-from fleetscope.store import FakeMetricStore, Matcher, SampleBatch, SelectHints, Series
+from fleetscope.store import (
+    STALE_NAN,
+    FakeMetricStore,
+    Matcher,
+    SampleBatch,
+    SelectHints,
+    Series,
+)
 from fleetscope.store.duckdb import DuckDBStore
 
 MIN = 60_000
@@ -225,6 +232,35 @@ def test_matches_that_are_not_unique_are_execution_errors(query: str, message: s
     assert f"multiple matches for labels: {message}" in err.value.message
     fine = "a{y='1'} + on(x) c" if query.startswith("a") else "b * on(x) group_left() c"
     assert len(Evaluator(store).instant(fine, MIN).series) == 1  # one match each: no error
+
+
+def _job_change() -> FakeMetricStore:
+    """GPU-a busy at 0.5 for 20 minutes; job j1 until 9m (a staleness marker at 10m), then j2,
+    both for team vision."""
+    util = {"__name__": "fleet_gpu_utilization_ratio", "gpu_uuid": "GPU-a"}
+    alloc = {"__name__": "fleet_gpu_allocation", "gpu_uuid": "GPU-a", "team": "vision"}
+    rows = [(util, k * MIN, 0.5) for k in range(21)]
+    rows += [({**alloc, "job": "j1"}, k * MIN, 1.0) for k in range(10)]
+    rows += [({**alloc, "job": "j1"}, 10 * MIN, STALE_NAN)]
+    rows += [({**alloc, "job": "j2"}, k * MIN, 1.0) for k in range(10, 21)]
+    store = FakeMetricStore()
+    store.append(SampleBatch.from_rows(rows))
+    return store
+
+
+def test_join_pairs_with_equal_output_labels_are_one_series() -> None:
+    """A GPU's successive jobs for one team match as two pairs with one output label set: one
+    series over the range, as Prometheus' range evaluation merges them."""
+    engine = Evaluator(_job_change())
+    join = "fleet_gpu_utilization_ratio * on(gpu_uuid) group_left(team{}) fleet_gpu_allocation"
+    (team,) = engine.range(join.format(""), 0, 20 * MIN, MIN).series
+    assert team.labels == {"gpu_uuid": "GPU-a", "team": "vision"}
+    assert team.t_ms.tolist() == [k * MIN for k in range(21)]
+    assert team.values.tolist() == [0.5] * 21
+    by_job = engine.range(join.format(", job"), 0, 20 * MIN, MIN).series
+    assert {s.labels["job"]: len(s.values) for s in by_job} == {"j1": 10, "j2": 11}
+    week = engine.instant(f"sum_over_time(({join.format('')})[20m:1m])", 20 * MIN)
+    assert week.series[0].values.tolist() == [0.5 * 21]
 
 
 def test_selects_pass_prometheus_hints() -> None:

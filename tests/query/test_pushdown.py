@@ -26,8 +26,6 @@ from fleetscope.store import (
     FakeMetricStore,
     Matcher,
     SampleBatch,
-    SelectHints,
-    Series,
 )
 from fleetscope.store.duckdb import DuckDBStore
 
@@ -55,15 +53,9 @@ class Spy(DuckDBStore):
         self.bucket_answers += found is not None
         return found
 
-    def select(
-        self,
-        matchers: Sequence[Matcher],
-        mint_ms: int,
-        maxt_ms: int,
-        hints: SelectHints | None = None,
-    ) -> list[Series]:
+    def _select_runs(self, *args: Any, **kwargs: Any) -> Any:  # select and select_set read here
         self.sample_reads += 1
-        return super().select(matchers, mint_ms, maxt_ms, hints)
+        return super()._select_runs(*args, **kwargs)
 
 
 def _history() -> SampleBatch:

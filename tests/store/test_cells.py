@@ -66,8 +66,8 @@ class Cells(DuckDBStore):
         self._used = True
         return super()._cells_where(ids, span, also)
 
-    def select(self, *args: Any, **kwargs: Any) -> Any:
-        return self._counted(super().select, *args, **kwargs)
+    def _select_runs(self, *args: Any, **kwargs: Any) -> Any:  # select and select_set read here
+        return self._counted(super()._select_runs, *args, **kwargs)
 
     def select_buckets(self, *args: Any, **kwargs: Any) -> Any:
         return self._counted(super().select_buckets, *args, **kwargs)

@@ -587,3 +587,40 @@ def test_reads_come_back_in_label_order_before_and_after_a_restart(tmp_path: Pat
     assert [x.labels for x in s.select(everything, 0, 2000)] == want
     assert s.series(everything) == want
     s.close()
+
+
+@pytest.mark.parametrize("compacting", [False, True])
+def test_select_set_holds_what_select_returns_as_flat_runs(
+    tmp_path: Path, compacting: bool
+) -> None:
+    """Series registered against label order, with runs of different lengths: the flat form
+    the evaluator reads is ``select``'s series, in its order, concatenated."""
+    s = (CompactingStore if compacting else DuckDBStore)(tmp_path / "f.duckdb")
+    rows = [
+        (gpu(0, node=node), t * 1000, float(10 * i + t))
+        for i, node in enumerate(["n3", "n1", "n2"])
+        for t in range(0, 30, 1 + i)  # 30, 15 and 10 samples
+    ]
+    s.append(SampleBatch.from_rows(rows))
+    everything = [Matcher("__name__", "=~", ".+")]
+    reads = [
+        (0, 29_000, None),  # raw samples
+        (0, 29_000, SelectHints(start_ms=5_000, end_ms=29_000, step_ms=4_000)),  # thinned
+        (29_000 - 300_000, 29_000, SelectHints(start_ms=29_000, end_ms=29_000)),  # newest
+        (40_000, 50_000, None),  # nothing
+    ]
+    for mint, maxt, hints in reads:
+        found = s.select(everything, mint, maxt, hints)
+        flat = s.select_set(everything, mint, maxt, hints)
+        assert [x.labels["node"] for x in found] == ["n1", "n2", "n3"][: len(found)]
+        for x in found:  # each series' own samples
+            own = [(t, v) for lab, t, v in rows if lab == x.labels and mint <= t <= maxt]
+            assert set(zip(x.t_ms.tolist(), x.values.tolist(), strict=True)) <= set(own)
+        assert flat.pairs == [x.pairs for x in found]
+        assert flat.bounds.tolist() == np.cumsum([0] + [len(x.t_ms) for x in found]).tolist()
+        if found:
+            np.testing.assert_array_equal(flat.t_ms, np.concatenate([x.t_ms for x in found]))
+            np.testing.assert_array_equal(flat.values, np.concatenate([x.values for x in found]))
+        else:
+            assert len(flat.t_ms) == len(flat.values) == 0
+    s.close()

@@ -289,7 +289,7 @@ def _heap_select(values: list[float], k: int, *, bottom: bool) -> list[int]:
 def _count_values(vec: Vector, grouping: Grouping, label: str) -> Vector:
     if not LABEL_NAME.match(label):
         raise QueryError("execution", f"invalid label name {go_quote(label)}")
-    rows, cols = np.nonzero(vec.present)
+    rows, cols = vec.cells()
     steps = vec.steps
     if rows.size == 0:
         return Vector.empty(steps)

@@ -21,6 +21,7 @@ import numpy as np
 
 from fleetscope.query import QueryError
 from fleetscope.query.value import (
+    DUPLICATE_LABELSET,
     F64,
     I64,
     NAME,
@@ -148,9 +149,8 @@ def _set_operation(op: str, lhs: Vector, rhs: Vector, matching: Matching) -> Vec
     ids: dict[Labels | tuple[str, ...], int] = {}
     lid = np.array([ids.setdefault(sig(lab), len(ids)) for lab in lhs.labels], np.int64)
     rid = np.array([ids.setdefault(sig(lab), len(ids)) for lab in rhs.labels], np.int64)
-    steps = lhs.steps
     if op == "or":
-        left_has = _any_by_signature(lid, lhs.present, len(ids), steps)
+        left_has = _any_by_signature(lid, lhs, len(ids))
         rhs_present = rhs.present & ~left_has[rid] if len(rid) else rhs.present
         out = Vector(
             lhs.labels + rhs.labels,
@@ -158,28 +158,23 @@ def _set_operation(op: str, lhs: Vector, rhs: Vector, matching: Matching) -> Vec
             np.concatenate([lhs.present, rhs_present]),
         )
         return merge_same_labels(out)
-    right_has = _any_by_signature(rid, rhs.present, len(ids), steps)
+    right_has = _any_by_signature(rid, rhs, len(ids))
     other = right_has[lid] if len(lid) else lhs.present
     present = lhs.present & (other if op == "and" else ~other)
     return Vector(lhs.labels, lhs.values, present)
 
 
-def _any_by_signature(sid: I64, present: Bools, signatures: int, steps: int) -> Bools:
-    return _count_by_signature(sid, present, signatures, steps) > 0
+def _any_by_signature(sid: I64, vec: Vector, signatures: int) -> Bools:
+    """Per signature and step, whether a row of ``vec`` with that signature is present."""
+    counts = np.bincount(_cells(sid, vec)[1], minlength=signatures * vec.steps)
+    return counts.reshape(signatures, vec.steps) > 0
 
 
-def _count_by_signature(sid: I64, present: Bools, signatures: int, steps: int) -> I64:
-    """Per signature and step, how many of the rows with that signature are present."""
-    return np.bincount(_cells(sid, present, steps)[1], minlength=signatures * steps).reshape(
-        signatures, steps
-    )
-
-
-def _cells(sid: I64, present: Bools, steps: int) -> tuple[I64, I64]:
+def _cells(sid: I64, vec: Vector) -> tuple[I64, I64]:
     """The present (row, step) pairs as rows and flat ``signature * steps + step`` indices:
     on many short-lived series (allocations over a week of steps) far fewer than rows × steps."""
-    rows, step = np.nonzero(present)
-    return rows.astype(np.int64), sid[rows] * steps + step
+    rows, step = vec.cells()
+    return rows, sid[rows] * vec.steps + step
 
 
 def _vector_vector(op: str, lhs: Vector, rhs: Vector, matching: Matching) -> Vector:
@@ -218,11 +213,19 @@ def _vector_vector(op: str, lhs: Vector, rhs: Vector, matching: Matching) -> Vec
         labels.append(_result_labels(op, many.labels[mi], one.labels[oi], matching))
     pair_many = pairs // max(len(one.labels), 1)
     _check_unique_matches(matching, many_sid[m_row], pair_idx, labels, step, pair_many)
-    out_values = np.full((len(pairs), steps), np.nan)
-    out_present = np.zeros((len(pairs), steps), np.bool_)
-    out_values[pair_idx, step] = values
-    out_present[pair_idx, step] = True
-    return merge_same_labels(Vector(labels, out_values, out_present))
+    # Pairs with equal output labels are one series (Prometheus' range evaluation merges them):
+    # a GPU's week of allocations to one team is one row, not one per allocation.
+    out: dict[Labels, int] = {}
+    out_row = np.fromiter((out.setdefault(lab, len(out)) for lab in labels), np.int64, len(labels))
+    flat = out_row[pair_idx] * steps + step
+    if len(out) < len(labels) and (np.bincount(flat, minlength=len(out) * steps) > 1).any():
+        raise QueryError("execution", DUPLICATE_LABELSET)
+    out_values = np.full(len(out) * steps, np.nan)
+    out_present = np.zeros(len(out) * steps, np.bool_)
+    out_values[flat] = values
+    out_present[flat] = True
+    shape = (len(out), steps)
+    return Vector(list(out), out_values.reshape(shape), out_present.reshape(shape))
 
 
 def _one_side_rows(one: Vector, sid: I64, signatures: int, matching: Matching) -> I64:
@@ -231,7 +234,7 @@ def _one_side_rows(one: Vector, sid: I64, signatures: int, matching: Matching) -
     Two rows of one signature present at one step are Prometheus' many-to-many error.
     """
     steps = one.steps
-    present_rows, flat = _cells(sid, one.present, steps)
+    present_rows, flat = _cells(sid, one)
     counts = np.bincount(flat, minlength=signatures * steps).reshape(signatures, steps)
     if (counts > 1).any():
         s = int(np.flatnonzero((counts > 1).any(axis=0))[0])

@@ -79,7 +79,7 @@ from fleetscope.query.value import (
     merge_same_labels,
     stale_mask,
 )
-from fleetscope.store import Matcher, MetricStore, SelectHints, Series, StoreError
+from fleetscope.store import Matcher, MetricStore, SelectHints, Series, SeriesSet, StoreError
 
 # ----------------------------------------------------------------------------- errors
 
@@ -469,11 +469,16 @@ class _Evaluation:
         key = (tuple(matchers), mint_ms, maxt_ms, hints)
         samples = self._selected.get(key)
         if samples is None:
+            select_set = getattr(self.store, "select_set", None)  # SupportsSeriesSet
             try:
-                found = self.store.select(matchers, mint_ms, maxt_ms, hints)
+                if select_set is not None:
+                    found: SeriesSet = select_set(matchers, mint_ms, maxt_ms, hints)
+                    samples = _Samples(found.pairs, found.t_ms, found.values, found.bounds)
+                else:
+                    samples = _flatten(self.store.select(matchers, mint_ms, maxt_ms, hints))
             except StoreError as e:
                 raise QueryError("execution", str(e)) from None
-            samples = self._selected[key] = _flatten(found)
+            self._selected[key] = samples
             for array in (samples.t, samples.v, samples.bounds):
                 array.flags.writeable = False  # shared by every reader of the selector
         return samples
@@ -505,10 +510,10 @@ class _Evaluation:
         pair_t, pair_v = samples.t[safe], samples.v[safe]
         ok = found & (pair_t >= ref[cols] - self.lookback_ms) & ~stale_mask(pair_v)
         present = np.zeros((n, len(ref)), np.bool_)
-        v = np.full((n, len(ref)), np.nan)
+        v = np.zeros((n, len(ref)))  # not NaN-filled: lazily zeroed pages are free
         present[rows, cols] = ok
         v[rows[ok], cols[ok]] = pair_v[ok]
-        vec = Vector(samples.labels, v, present)
+        vec = Vector(samples.labels, v, present, known_cells=(rows[ok], cols[ok]))
         t = np.zeros((n, len(ref)) if times else (0, 0), np.int64)
         if times:
             t[rows[ok], cols[ok]] = pair_t[ok]
@@ -565,14 +570,14 @@ class _Evaluation:
             value = Vector([()], value.values[None, :], np.ones((1, inner.steps), np.bool_))
         if not isinstance(value, Vector):
             raise _bad_data("subqueries need an instant vector or a scalar expression")
-        keep = np.flatnonzero(value.present.any(axis=1))
-        present = value.present[keep]
-        rows, cols = np.nonzero(present)  # row-major: each series' points in time order
+        rows, cols = value.cells()  # row-major: each series' points in time order
+        counts = np.bincount(rows, minlength=len(value.labels))
+        keep = np.flatnonzero(counts)
         samples = _Samples(
             [value.labels[i] for i in keep],
             inner.times[cols],
-            value.values[keep][rows, cols],
-            np.concatenate(([0], np.cumsum(present.sum(axis=1)))).astype(np.int64),
+            value.values[rows, cols],
+            np.concatenate(([0], np.cumsum(counts[keep]))).astype(np.int64),
         )
         return _windows(samples, ref, range_ms, grid.steps, fixed, ())
 

@@ -7,9 +7,10 @@ returns one of:
 - :class:`String`: a string literal.
 - :class:`Vector`: an instant vector over all steps: ``labels[i]`` is series ``i``'s label set,
   ``values[i, k]`` its value at step ``k`` and ``present[i, k]`` whether it has one (a value may be
-  NaN, so absence is a separate mask). Row order is the order Prometheus' engine would produce
-  the samples in; ``ordered`` marks vectors whose order is part of the result (``sort``,
-  ``topk`` …).
+  NaN, so absence is a separate mask; what ``values`` holds where ``present`` is False is
+  unspecified, NaN or 0, and every reader masks it). Row order is the order Prometheus' engine
+  would produce the samples in; ``ordered`` marks vectors whose order is part of the result
+  (``sort``, ``topk`` …).
 - :class:`Matrix`: a range vector: the samples of each series (flat arrays, stale markers
   removed) and, for each step, the window ``[range_end - range_ms, range_end]`` (inclusive, as in
   Prometheus 2.x) given as flat index ranges ``lo[i, k]:hi[i, k]``.
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -128,6 +129,7 @@ class Vector:
     values: F64  # [series, steps]
     present: Bools  # [series, steps]
     ordered: bool = False
+    known_cells: tuple[I64, I64] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def empty(cls, steps: int) -> Vector:
@@ -136,6 +138,18 @@ class Vector:
     @property
     def steps(self) -> int:
         return int(self.values.shape[1])
+
+    def cells(self) -> tuple[I64, I64]:
+        """The present ``(row, step)`` pairs in row-major order, as ``np.nonzero(present)``.
+
+        Remembered, and given by the producer where it knows them (a selector): a join over a
+        week of short-lived series is a large, sparse ``present`` that several readers would
+        otherwise scan again. ``present`` is never changed once a vector is built.
+        """
+        if self.known_cells is None:
+            rows, steps = np.nonzero(self.present)
+            self.known_cells = (rows.astype(np.int64), steps.astype(np.int64))
+        return self.known_cells
 
     def take(self, rows: Sequence[int] | I64) -> Vector:
         idx = np.asarray(rows, np.int64)
@@ -185,7 +199,7 @@ def merge_same_labels(vec: Vector, *, whole: bool = False) -> Vector:
     if whole:
         raise QueryError("execution", DUPLICATE_LABELSET)
     steps = vec.steps
-    rows, step = np.nonzero(vec.present)
+    rows, step = vec.cells()
     flat = gid[rows] * steps + step
     if (np.bincount(flat, minlength=len(first) * steps) > 1).any():
         raise QueryError("execution", DUPLICATE_LABELSET)

@@ -210,6 +210,37 @@ class Series:
 
 
 @dataclass
+class SeriesSet:
+    """The series of a select in flat arrays: series ``i`` has label pairs ``pairs[i]`` (sorted
+    ``(name, value)`` pairs without empty values, as :attr:`Series.pairs`) and the samples
+    ``t_ms[bounds[i]:bounds[i + 1]]``, in :meth:`MetricStore.select`'s order.
+
+    What a :class:`SupportsSeriesSet` store hands the evaluator instead of one :class:`Series`
+    per series: a selector over a week of short-lived allocations is tens of thousands of
+    series, whose objects and label dicts would cost more than reading their samples.
+    """
+
+    pairs: list[tuple[tuple[str, str], ...]]
+    t_ms: npt.NDArray[np.int64]
+    values: npt.NDArray[np.float64]
+    bounds: npt.NDArray[np.int64]
+
+
+class SupportsSeriesSet(Protocol):
+    """A :class:`MetricStore` that can answer a select as one :class:`SeriesSet`."""
+
+    def select_set(
+        self,
+        matchers: Sequence[Matcher],
+        mint_ms: int,
+        maxt_ms: int,
+        hints: SelectHints | None = None,
+    ) -> SeriesSet:
+        """What :meth:`MetricStore.select` returns, as flat arrays."""
+        ...
+
+
+@dataclass
 class Buckets:
     """Per series, aggregates of its samples in equal time buckets: what a store that can push
     range functions down (:class:`SupportsBuckets`) returns instead of the samples.

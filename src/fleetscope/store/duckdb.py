@@ -79,6 +79,7 @@ from fleetscope.store import (
     SampleBatch,
     SelectHints,
     Series,
+    SeriesSet,
     StoreStats,
     cells,
     check_bucket_aggregates,
@@ -706,9 +707,6 @@ class DuckDBStore:
             return f"metric_key IN ({','.join(map(str, keys))}) AND {span}", span
         return span, span
 
-    def _series(self, sid: int, t: npt.NDArray[np.int64], v: npt.NDArray[np.float64]) -> Series:
-        return Series(dict(self._labels[sid]), t, v, self._pairs[sid])
-
     def _in_label_order(self, ids: Sequence[int] | npt.NDArray[np.int64]) -> list[int]:
         """Positions of ``ids`` ordered by their series' sorted label pairs (through every
         series' rank in that order, kept sorted as series come: no tuple sort per read)."""
@@ -1012,9 +1010,38 @@ class DuckDBStore:
         maxt_ms: int,
         hints: SelectHints | None = None,
     ) -> list[Series]:
+        sids, t, v, bounds = self._select_runs(matchers, mint_ms, maxt_ms, hints)
+        return [  # views of one array each: disjoint slices, never shared
+            Series(dict(self._labels[sid]), t[a:b], v[a:b], self._pairs[sid])
+            for sid, a, b in zip(
+                sids.tolist(), bounds[:-1].tolist(), bounds[1:].tolist(), strict=True
+            )
+        ]
+
+    def select_set(
+        self,
+        matchers: Sequence[Matcher],
+        mint_ms: int,
+        maxt_ms: int,
+        hints: SelectHints | None = None,
+    ) -> SeriesSet:
+        sids, t, v, bounds = self._select_runs(matchers, mint_ms, maxt_ms, hints)
+        return SeriesSet([self._pairs[sid] for sid in sids.tolist()], t, v, bounds)
+
+    def _select_runs(
+        self,
+        matchers: Sequence[Matcher],
+        mint_ms: int,
+        maxt_ms: int,
+        hints: SelectHints | None,
+    ) -> tuple[
+        npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.int64]
+    ]:
+        """A select's series ids in label order, their samples as flat runs and the runs'
+        bounds: series ``sids[i]`` has ``t[bounds[i]:bounds[i + 1]]``."""
         ids = sorted(self._match(matchers))
         if not ids:
-            return []
+            return _no_runs()
         one_instant = (
             hints is not None
             and hints.func is None
@@ -1026,10 +1053,8 @@ class DuckDBStore:
             now = self._latest.select(ids, mint_ms, maxt_ms)
             if now is not None:
                 sids, ts, vs = now
-                return [
-                    self._series(int(sids[k]), ts[k : k + 1], vs[k : k + 1])
-                    for k in self._in_label_order(sids)
-                ]
+                order = np.asarray(self._in_label_order(sids), np.int64)
+                return sids[order], ts[order], vs[order], np.arange(len(order) + 1)
         thin = hints is not None and hints.step_ms > 0 and hints.func is None
         w = self.cell_ms
         span = None
@@ -1085,13 +1110,15 @@ class DuckDBStore:
         if "marker" in cols:
             vs = np.where(np.asarray(cols["marker"], np.bool_), STALE_NAN, vs)
         if len(sids) == 0:
-            return []
+            return _no_runs()
         starts = np.flatnonzero(np.concatenate(([True], sids[1:] != sids[:-1])))
-        ends = np.append(starts[1:], len(sids))
-        return [  # views: callers flatten them again at once (disjoint slices, never shared)
-            self._series(int(sids[a]), ts[a:b], vs[a:b])
-            for a, b in ((starts[k], ends[k]) for k in self._in_label_order(sids[starts]))
-        ]
+        sizes = np.diff(np.append(starts, len(sids)))
+        order = np.asarray(self._in_label_order(sids[starts]), np.int64)
+        bounds = np.concatenate(([0], np.cumsum(sizes[order])))
+        if (order != np.arange(len(order))).any():  # the runs, moved into label order
+            at = np.repeat(starts[order] - bounds[:-1], sizes[order]) + np.arange(len(sids))
+            ts, vs = ts[at], vs[at]
+        return sids[starts[order]], ts, vs, bounds
 
     def select_buckets(
         self,
@@ -1609,6 +1636,13 @@ class DuckDBStore:
     def close(self) -> None:
         with self._lock:
             self._con.close()
+
+
+def _no_runs() -> tuple[
+    npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.int64]
+]:
+    empty = np.empty(0, np.int64)
+    return empty, empty, np.empty(0, np.float64), np.zeros(1, np.int64)
 
 
 class _Latest:
