@@ -347,6 +347,12 @@ def _same(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> npt.NDArray
     return np.asarray(a.view(np.int64) == b.view(np.int64))
 
 
+Runs = tuple[
+    npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.int64]
+]
+"""A read's series ids, their samples' times and values as flat runs, and the runs' bounds."""
+
+
 class DuckDBStore:
     """:class:`~fleetscope.store.MetricStore` and :class:`~fleetscope.store.RecordStore` on a
     DuckDB file (``":memory:"`` for a throw-away store)."""
@@ -1034,9 +1040,7 @@ class DuckDBStore:
         mint_ms: int,
         maxt_ms: int,
         hints: SelectHints | None,
-    ) -> tuple[
-        npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.int64]
-    ]:
+    ) -> Runs:
         """A select's series ids in label order, their samples as flat runs and the runs'
         bounds: series ``sids[i]`` has ``t[bounds[i]:bounds[i + 1]]``."""
         ids = sorted(self._match(matchers))
@@ -1638,9 +1642,7 @@ class DuckDBStore:
             self._con.close()
 
 
-def _no_runs() -> tuple[
-    npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.int64]
-]:
+def _no_runs() -> Runs:
     empty = np.empty(0, np.int64)
     return empty, empty, np.empty(0, np.float64), np.zeros(1, np.int64)
 
