@@ -282,24 +282,25 @@ def extrapolate(
     kernel above and the bucket pushdown (query/pushdown.py), so both do the same arithmetic.
     """
     ok = n >= 2
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"):  # fresh arrays only: updated in place where that is cheaper
+        start = (range_end - range_ms).astype(np.float64)[None, :]
         end = range_end.astype(np.float64)[None, :]
-        to_start = (t_first - (end - range_ms)) / 1000
+        to_start = (t_first - start) / 1000
         to_end = (end - t_last) / 1000
         sampled = (t_last - t_first) / 1000
-        average = sampled / np.where(ok, n - 1, 1)
+        average = sampled / np.maximum(n - 1, 1)
         if counter:
-            zero_cut = (result > 0) & (first >= 0)
             to_zero = sampled * (first / result)
-            to_start = np.where(zero_cut & (to_zero < to_start), to_zero, to_start)
+            np.copyto(to_start, to_zero, where=(result > 0) & (first >= 0) & (to_zero < to_start))
         threshold = average * 1.1
-        interval = sampled.copy()
-        interval += np.where(to_start < threshold, to_start, average / 2)
-        interval += np.where(to_end < threshold, to_end, average / 2)
+        half = average / 2
+        interval = sampled + np.where(to_start < threshold, to_start, half)
+        interval += np.where(to_end < threshold, to_end, half)
         result = result * (interval / sampled)
         if per_second:
-            result = result / (range_ms / 1000)
-    return np.where(ok, result, 0.0), ok
+            result /= range_ms / 1000
+        result[~ok] = 0.0
+    return result, ok
 
 
 def instant_value(m: Matrix, *, per_second: bool) -> Result:
