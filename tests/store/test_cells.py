@@ -19,6 +19,7 @@ from fleetscope.store import (
     Matcher,
     SampleBatch,
     SelectHints,
+    Series,
 )
 from fleetscope.store.duckdb import DuckDBStore
 from query.reference_buckets import reference_buckets
@@ -52,6 +53,13 @@ def _history(rng: np.random.Generator, hours: int = 6) -> list[tuple[dict[str, s
                 if g == 2 and t == 100 * MIN:
                     value = float("inf")
             rows.append((labels, t + jitter, value))
+    # on the grid, silent in (175 min, 185 min): at 180 min a 5-minute lookback reads the
+    # sample at exactly 175 min, the newest of the cell before the one ending at 180 min
+    quiet = {"__name__": "fleet_gpu_power_watts", "gpu": "6"}
+    end = hours * 60 * MIN
+    rows += [
+        (quiet, t, float(t % 7)) for t in range(0, end + 1, 15 * S) if not 175 * MIN < t < 185 * MIN
+    ]
     rows.sort(key=lambda r: r[1])
     return rows
 
@@ -132,16 +140,41 @@ def _compare(cells: DuckDBStore, plain: DuckDBStore, metric: str) -> int:
         assert extremes is not None
         np.testing.assert_array_equal(extremes.min, want.min)
         np.testing.assert_array_equal(extremes.max, want.max)
-    for start, step in [(0, W), (60 * MIN, W), (60 * MIN, 60 * MIN), (10 * MIN, 15 * MIN)]:
-        hints = SelectHints(start_ms=start, end_ms=6 * 60 * MIN, step_ms=step, lookback_ms=W)
-        a = cells.select(matchers, start - W, 6 * 60 * MIN, hints)
-        b = plain.select(matchers, start - W, 6 * 60 * MIN, hints)
+    for start, step, lookback in THIN_SELECTS:
+        end = 6 * 60 * MIN
+        hints = SelectHints(start_ms=start, end_ms=end, step_ms=step, lookback_ms=lookback)
+        a = cells.select(matchers, start - lookback, end, hints)
+        b = plain.select(matchers, start - lookback, end, hints)
         assert [x.labels for x in a] == [x.labels for x in b]
         for x, y in zip(a, b, strict=True):
             assert x.pairs == make_labels(x.labels)  # the evaluator's form, ready made
-            assert x.t_ms.tolist() == y.t_ms.tolist()
-            assert x.values.view(np.int64).tolist() == y.values.view(np.int64).tolist()
+            assert _read_at_steps(x, hints) == _read_at_steps(y, hints)
     return used
+
+
+THIN_SELECTS = [  # start, step, lookback
+    (0, W, W),  # a cell per step
+    (60 * MIN, W, W),
+    (60 * MIN, 60 * MIN, W),  # 2 cells in 12 can hold what a step reads
+    (10 * MIN, 15 * MIN, W),
+    (60 * MIN, 60 * MIN, 7 * MIN + 30 * S),  # a lookback that ends inside a cell
+    (60 * MIN, 30 * MIN, 30 * MIN),  # a lookback as long as the step: every cell
+]
+
+
+def _read_at_steps(series: Series, hints: SelectHints) -> list[tuple[int, int] | None]:
+    """What instant selectors read from a thin select (SelectHints): at each evaluation time
+    ``t``, the newest sample in ``[t - lookback, t]`` (time, value bits), or nothing."""
+    read: list[tuple[int, int] | None] = []
+    for t in range(hints.start_ms, hints.end_ms + 1, hints.step_ms):
+        i = int(np.searchsorted(series.t_ms, t, side="right")) - 1
+        inside = i >= 0 and series.t_ms[i] >= t - hints.lookback_ms
+        read.append(
+            (int(series.t_ms[i]), int(series.values[i : i + 1].view(np.int64)[0]))
+            if inside
+            else None
+        )
+    return read
 
 
 @pytest.mark.parametrize("metric", ["fleet_gpu_power_watts", "fleet_gpu_energy_joules_total"])
@@ -154,7 +187,7 @@ def test_cells_answer_as_samples_do(tmp_path: Path, metric: str) -> None:
     n_cells = cells._con.execute("SELECT count(*) FROM cells").fetchone()
     assert n_cells is not None and 0 < n_cells[0] < len(batch) // 10  # ~20 samples a cell
     assert _compare(cells, plain, metric) == (2 if metric.endswith("_total") else 0)
-    assert cells.cell_reads == len(LAYOUTS) + 4  # every bucket read and thin select
+    assert cells.cell_reads == len(LAYOUTS) + len(THIN_SELECTS)  # every bucket read, thin select
 
 
 def test_the_counter_aggregate_needs_whole_cells(tmp_path: Path) -> None:
@@ -278,7 +311,7 @@ def test_merged_spans_get_their_cells_sorted_by_series(tmp_path: Path) -> None:
         inside = c0 == first
         order = np.lexsort((c[inside], sid[inside], key[inside]))
         assert (order == np.arange(inside.sum())).all()
-        assert len(np.unique(sid[inside])) == 6
+        assert len(np.unique(sid[inside])) == 7  # every series of _history
         assert set(c[inside].tolist()) == set(range(first, first + 24))
     _, plain = _pair(tmp_path, "h")
     plain.append(batch)

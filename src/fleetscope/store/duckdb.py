@@ -183,6 +183,27 @@ def _within(mint: int, maxt: int) -> str:
     return f"k BETWEEN {_span(mint)} AND {_span(maxt)}"
 
 
+def _near_steps(first_cell: int, hints: SelectHints, w: int) -> str:
+    """A further condition on the cells of a thin select (steps a multiple ``k`` of the cell
+    width ``w``, aligned to it): only the cells that can hold a sample within the lookback
+    ``[t - L, t]`` of an evaluation time ``t``, ``""`` when that is every cell.
+
+    Cell ``c`` ends ``d`` cells before the next evaluation time; it can matter when
+    ``d·w <= L``: fully for ``d·w < L``, and for ``d·w = L`` only through a sample at its very
+    end (its newest one). Any other cell holds only samples older than every lookback that
+    reaches it, which the thin select would hand the evaluator only to be dropped there: a
+    1-hour step reads 2 cells in 12. ``first_cell`` is the lowest cell number read."""
+    k, m = hints.step_ms // w, hints.lookback_ms // w
+    if hints.lookback_ms <= 0 or m >= k - 1:
+        return ""
+    step_cell = hints.start_ms // w
+    origin = step_cell - k * ((step_cell - first_cell) // k + 1)  # a step cell below them all
+    q = f"((c - {origin} + {m}) % {k})"  # m - d, for d <= m
+    if hints.lookback_ms % w:
+        return f" AND {q} <= {m}"
+    return f" AND ({q} BETWEEN 1 AND {m} OR ({q} = 0 AND coalesce(top_dt, last_dt) = {w}))"
+
+
 def _outside(spans: Sequence[tuple[int, int]]) -> str:
     """A ``blocks`` filter for ``t`` outside every one of the closed ``spans``: on ``t``, and
     on ``k`` (the spans that do not lie wholly inside one of them, as closed ranges: DuckDB
@@ -1090,7 +1111,7 @@ class DuckDBStore:
                         f"greatest(ceil((t - ?) / ?), 0) UNION ALL {tops}{rest} ORDER BY 1, 2"
                     )
                     return cur.execute(sql, [hints.start_ms, hints.step_ms]).fetchnumpy()
-                every = self._cells_where(ids, span, edge_cell)
+                every = self._cells_where(ids, span, edge_cell) + _near_steps(span[0] - 1, hints, w)
                 rows = f"(SELECT *, false AS marker FROM {rows} UNION ALL {tops}{every})"
             if one_instant:  # the newest sample of each series in the window
                 sql = f"SELECT series_id, max(t) AS t, arg_max(v, t) AS v FROM {rows} GROUP BY 1"
