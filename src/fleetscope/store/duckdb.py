@@ -41,6 +41,8 @@ Series ids are found by label set; batches numbered by the remote-write decoder
 (``label_set_ids``) find them in an array indexed by label-set number, all at once.
 
 Reads use their own cursor so they can run beside a write. Bulk inserts go through Arrow tables.
+A select comes back as flat runs in label order (:meth:`DuckDBStore.select_set`, what the
+evaluator reads; :meth:`~DuckDBStore.select` cuts the same runs into :class:`Series`).
 Records (jobs, events) are kept in ``jobs`` and ``events`` with times as integer milliseconds.
 """
 
