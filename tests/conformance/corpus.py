@@ -274,6 +274,7 @@ BINARY_OPERATORS = [
     f"{P} / ignoring(gpu_model) {TEMP}",
     f"{U} * on(gpu_uuid) group_left(team, job) {A1}",
     f"sum by (team) ({P} * on(gpu_uuid) group_left(team) {A1})",
+    f"{P} * on(gpu_uuid) group_left(team) {A1}",  # successive jobs of a team: one series
     f"{A} * on(gpu_uuid) group_left {U}",
     f"{U} * on(node) group_left() fleet_node_cpu_utilization_ratio",
     "fleet_node_memory_total_bytes * on(node) group_right fleet_gpu_memory_total_bytes",

@@ -21,7 +21,9 @@ What it holds, chosen to reach the edges of PromQL's semantics (cycle ``k`` is t
   disappears. Allocation series of jobs that end get one too, except one job whose agent died
   (its series just stops and overlaps its successor on the same GPU for four minutes, so
   ``group_left`` joins on ``gpu_uuid`` meet duplicate series then).
-- ``fleet_gpu_allocation`` info series (value 1) of seven jobs that start and stop.
+- ``fleet_gpu_allocation`` info series (value 1) of eight jobs that start and stop; two of them
+  run one after the other on the same GPUs for the same team (a join keeping only ``team``
+  gives one series per GPU through both).
 - A classic histogram ``fleet_inference_ttft_seconds`` (``_bucket{le}``, ``_sum``, ``_count``)
   for three endpoints: one steady, one without traffic for 20 minutes, one restarting at
   minute 37 (every counter resets), with request counters and gauges beside it.
@@ -77,6 +79,8 @@ class Job:
     end: int | None  # None: still running at the end of the data
     stale_at_end: bool = True  # False: the agent died, the series just stops
     busy: tuple[float, float] = (0.85, 1.0)  # utilization range while it runs
+    own_draws: bool = False  # its walk from a generator of its own: added later, it left the
+    # random values of every other series as they were
 
 
 JOBS = (
@@ -92,6 +96,8 @@ JOBS = (
         tuple(("gpu-node-4", g) for g in range(4)), 0, None, busy=(0.3, 0.7)),
     Job("batch-etl-5", "research", "erin", "batch", "experimentation",
         (("gpu-node-1", 2), ("gpu-node-1", 3)), 60, 90, busy=(0.45, 0.55)),
+    Job("batch-etl-6", "research", "erin", "batch", "experimentation",
+        (("gpu-node-1", 2), ("gpu-node-1", 3)), 110, 150, busy=(0.45, 0.55), own_draws=True),
     Job("nb-frank-2", "vision", "frank", "notebook", "experimentation",
         (("gpu-node-3", 2),), 10, 230, busy=(0.0, 0.03)),
 )  # fmt: skip
@@ -224,10 +230,11 @@ def generate(end_ms: int, seed: int = SEED) -> FleetData:
     out = _Builder()
     n = len(_times(start_ms, end_ms, 15_000, 0)) - 1  # cycles whose phase-shifted time fits
     alloc_util: dict[tuple[str, int], Floats] = {}
-    for job in JOBS:
+    for k, job in enumerate(JOBS):
         end = n if job.end is None else job.end
+        draws = np.random.default_rng((seed, k)) if job.own_draws else rng
         for held in job.gpus:
-            walk = _walk(rng, n, *job.busy, step=(job.busy[1] - job.busy[0]) / 6)
+            walk = _walk(draws, n, *job.busy, step=(job.busy[1] - job.busy[0]) / 6)
             base = alloc_util.setdefault(held, np.zeros(n))
             base[job.start : end] = np.maximum(base[job.start : end], walk[job.start : end])
 
