@@ -360,6 +360,34 @@ def test_closed_spans_are_merged_into_one_run_each(tmp_path: Path) -> None:
     reopened.close()
 
 
+def test_merging_takes_in_a_straggler_and_resumes_after_a_restart(tmp_path: Path) -> None:
+    """A new series sent with old timestamps sends merging back to its span, and merge
+    progress is kept in the file (a restart does not look at every run again)."""
+    history = _random_history(np.random.default_rng(3), series=6, points=150)
+    late = SampleBatch.from_rows([(gpu(9), 5_000 + 100 * i, float(i)) for i in range(5)])
+    path, spans = tmp_path / "m.duckdb", (4000, 16_000)
+    s = DuckDBStore(path, block_ms=1000, head_keep_ms=500, merge_spans_ms=spans)
+    s.append(history)
+    s.compact()
+    marks = dict(s._merged_until)
+    assert sorted(marks) == [4000, 16_000] and marks[16_000] >= 16_000
+    s.append(late)  # into spans merged already
+    s.compact()
+    holding = [r for r in s.runs() if r[2] < 16_000]
+    assert len(holding) == 1 and holding[0][3] < 16_000  # the week's span: one run again
+    assert s._merged_until == marks  # the watermarks back where they were
+    plain = DuckDBStore(tmp_path / "plain.duckdb")
+    plain.append(history)
+    plain.append(late)
+    assert rows(s) == rows(plain)
+    s.close()
+    s = DuckDBStore(path, block_ms=1000, head_keep_ms=500, merge_spans_ms=spans)
+    assert s._merged_until == marks  # a restart goes on from there
+    assert s.merge_runs() == 0
+    s.close()
+    plain.close()
+
+
 def test_a_store_written_before_run_rows_is_rewritten_once_and_answers_the_same(
     tmp_path: Path,
 ) -> None:

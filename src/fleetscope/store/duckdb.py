@@ -185,6 +185,11 @@ def _within(mint: int, maxt: int) -> str:
     return f"k BETWEEN {_span(mint)} AND {_span(maxt)}"
 
 
+def _merged_key(span_ms: int) -> str:
+    """The ``store_meta`` key of :meth:`DuckDBStore.merge_runs`' watermark for a span length."""
+    return f"merged_until:{int(span_ms)}"
+
+
 def _near_steps(first_cell: int, hints: SelectHints, w: int) -> str:
     """A further condition on the cells of a thin select (steps a multiple ``k`` of the cell
     width ``w``, aligned to it): only the cells that can hold a sample within the lookback
@@ -475,7 +480,15 @@ class DuckDBStore:
         self._ranked.sort()
         self._ranked_live = True
         self._head = np.full(len(self._labels), _NO_HEAD, np.int64)
-        self._merged_until: dict[int, int] = {}  # span → end of the spans already merged
+        # span → end of the spans already merged, kept in store_meta so that a restart does
+        # not look at every run again (merge_runs)
+        recorded = dict(self._con.execute("SELECT key, value FROM store_meta").fetchall())
+        self._merged_until: dict[int, int] = {
+            span: int(recorded[_merged_key(span)])
+            for span in self.merge_spans_ms
+            if _merged_key(span) in recorded
+        }
+        self._merge_epoch = 0  # counts the times a straggler moved a watermark back
         row = self._con.execute(
             "SELECT max(t) FROM blocks WHERE k = (SELECT max(k) FROM run_rows)"
         ).fetchone()
@@ -1324,6 +1337,8 @@ class DuckDBStore:
         done = 0
         with self._lock:
             row = self._con.execute("SELECT min(t) FROM samples").fetchone()
+            if row is not None and row[0] is not None:
+                self._merge_again_from(int(row[0]))
         if row is not None and row[0] is not None:
             end = -(-int(row[0]) // self.block_ms) * self.block_ms
             while max_blocks is None or done < max_blocks:
@@ -1384,14 +1399,18 @@ class DuckDBStore:
         into one sorted run per span; the spans merged.
 
         A span is closed when the head holds nothing older than its end (compaction moved all
-        of it). Each span is looked at once per process (later calls scan only newer rows), so
-        a straggler compacted into an already merged span stays a run of its own until a
-        restart. Merges run on their own cursor, outside the write lock: appends go on meanwhile
-        (they write only the head); rows a concurrent compaction adds to a span being merged
-        stay in their own run and are merged by a later call.
+        of it). Each span is looked at once: a watermark per span length, kept in the file,
+        says up to where every closed span is one run, and later calls scan only newer rows.
+        A straggler (a new series sent with old timestamps) moves the watermark back to its
+        span when compaction meets it in the head, so the next call merges that span again.
+        Merges run on their own cursor, outside the write lock: appends go on meanwhile (they
+        write only the head); rows a concurrent compaction adds to a span being merged stay in
+        their own run and are merged by a later call.
         """
         merged = 0
         for span in self.merge_spans_ms:
+            with self._lock:
+                epoch = self._merge_epoch
             cur = self._con.cursor()
             try:
                 row = cur.execute("SELECT min(t) FROM samples").fetchone()
@@ -1409,10 +1428,37 @@ class DuckDBStore:
                 for (k,) in spans:
                     self._merge(cur, int(k) * span, (int(k) + 1) * span)
                     merged += 1
-                self._merged_until[span] = max(since, frontier)
             finally:
                 cur.close()
+            with self._lock:
+                if self._merge_epoch == epoch and frontier > since:  # no straggler meanwhile
+                    self._merged_until[span] = frontier
+                    self._save_merged({span: frontier})
         return merged
+
+    def _merge_again_from(self, t_ms: int) -> None:
+        """The head holds a sample at ``t_ms``, about to join the runs: every merged span from
+        there on is to be looked at again (holding the lock)."""
+        back = {
+            span: t_ms // span * span for span, until in self._merged_until.items() if t_ms < until
+        }
+        if back:
+            self._merge_epoch += 1
+            self._merged_until.update(back)
+            self._save_merged(back)
+
+    def _save_merged(self, watermarks: Mapping[int, int]) -> None:
+        """Keep merge watermarks in ``store_meta`` (holding the lock)."""
+        con = self._con
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for span, until in watermarks.items():
+                con.execute("DELETE FROM store_meta WHERE key = ?", [_merged_key(span)])
+                con.execute("INSERT INTO store_meta VALUES (?, ?)", [_merged_key(span), until])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
 
     def _merge(self, cur: duckdb.DuckDBPyConnection, start_ms: int, end_ms: int) -> None:
         """Rewrite the block rows in ``[start_ms, end_ms)`` as one new sorted run, and sort
