@@ -21,7 +21,6 @@ import numpy as np
 
 from fleetscope.query import QueryError
 from fleetscope.query.value import (
-    DUPLICATE_LABELSET,
     F64,
     I64,
     NAME,
@@ -33,6 +32,7 @@ from fleetscope.query.value import (
     drop_labels,
     drop_name,
     format_labels,
+    from_cells,
     keep_labels,
     label_value,
     merge_same_labels,
@@ -215,17 +215,12 @@ def _vector_vector(op: str, lhs: Vector, rhs: Vector, matching: Matching) -> Vec
     _check_unique_matches(matching, many_sid[m_row], pair_idx, labels, step, pair_many)
     # Pairs with equal output labels are one series (Prometheus' range evaluation merges them):
     # a GPU's week of allocations to one team is one row, not one per allocation.
+    # A pair matches once per step: only merged pairs can meet at one.
     out: dict[Labels, int] = {}
     out_row = np.fromiter((out.setdefault(lab, len(out)) for lab in labels), np.int64, len(labels))
-    flat = out_row[pair_idx] * steps + step
-    if len(out) < len(labels) and (np.bincount(flat, minlength=len(out) * steps) > 1).any():
-        raise QueryError("execution", DUPLICATE_LABELSET)
-    out_values = np.full(len(out) * steps, np.nan)
-    out_present = np.zeros(len(out) * steps, np.bool_)
-    out_values[flat] = values
-    out_present[flat] = True
-    shape = (len(out), steps)
-    return Vector(list(out), out_values.reshape(shape), out_present.reshape(shape))
+    return from_cells(
+        list(out), out_row[pair_idx], step, values, steps, unique=len(out) == len(labels)
+    )
 
 
 def _one_side_rows(one: Vector, sid: I64, signatures: int, matching: Matching) -> I64:

@@ -198,19 +198,35 @@ def merge_same_labels(vec: Vector, *, whole: bool = False) -> Vector:
         return vec
     if whole:
         raise QueryError("execution", DUPLICATE_LABELSET)
-    steps = vec.steps
     rows, step = vec.cells()
-    flat = gid[rows] * steps + step
-    if (np.bincount(flat, minlength=len(first) * steps) > 1).any():
+    return from_cells(list(first), gid[rows], step, vec.values[rows, step], vec.steps,
+                      ordered=vec.ordered)  # fmt: skip
+
+
+def from_cells(
+    labels: list[Labels],
+    row: I64,
+    step: I64,
+    values: F64,
+    steps: int,
+    *,
+    ordered: bool = False,
+    unique: bool = False,
+) -> Vector:
+    """The vector whose row ``row[j]`` (label set ``labels[row[j]]``) holds ``values[j]`` at
+    step ``step[j]``: built from its present cells only, as merges and joins of many
+    short-lived series have them. Two values for one row and step are Prometheus' "vector
+    cannot contain metrics with the same labelset" error (not looked for with ``unique``: the
+    caller knows each cell comes once)."""
+    flat = row * steps + step
+    if not unique and (np.bincount(flat, minlength=len(labels) * steps) > 1).any():
         raise QueryError("execution", DUPLICATE_LABELSET)
-    values = np.full(len(first) * steps, np.nan)
-    present = np.zeros(len(first) * steps, np.bool_)
-    values[flat] = vec.values[rows, step]
+    out = np.full(len(labels) * steps, np.nan)
+    present = np.zeros(len(labels) * steps, np.bool_)
+    out[flat] = values
     present[flat] = True
-    return Vector(
-        list(first), values.reshape(len(first), steps), present.reshape(len(first), steps),
-        vec.ordered,
-    )  # fmt: skip
+    shape = (len(labels), steps)
+    return Vector(labels, out.reshape(shape), present.reshape(shape), ordered)
 
 
 def broadcast_steps(vec: Vector, steps: int) -> Vector:

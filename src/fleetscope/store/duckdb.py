@@ -185,6 +185,18 @@ def _within(mint: int, maxt: int) -> str:
     return f"k BETWEEN {_span(mint)} AND {_span(maxt)}"
 
 
+def _read_meta(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """What the file notes of itself in ``store_meta`` (cell layout, merge watermarks)."""
+    return {str(k): int(v) for k, v in con.execute("SELECT key, value FROM store_meta").fetchall()}
+
+
+def _write_meta(con: duckdb.DuckDBPyConnection, values: Mapping[str, int]) -> None:
+    """Set ``store_meta`` keys (in the caller's transaction)."""
+    for key, value in values.items():
+        con.execute("DELETE FROM store_meta WHERE key = ?", [key])
+        con.execute("INSERT INTO store_meta VALUES (?, ?)", [key, int(value)])
+
+
 def _merged_key(span_ms: int) -> str:
     """The ``store_meta`` key of :meth:`DuckDBStore.merge_runs`' watermark for a span length."""
     return f"merged_until:{int(span_ms)}"
@@ -482,7 +494,7 @@ class DuckDBStore:
         self._head = np.full(len(self._labels), _NO_HEAD, np.int64)
         # span → end of the spans already merged, kept in store_meta so that a restart does
         # not look at every run again (merge_runs)
-        recorded = dict(self._con.execute("SELECT key, value FROM store_meta").fetchall())
+        recorded = _read_meta(self._con)
         self._merged_until: dict[int, int] = {
             span: int(recorded[_merged_key(span)])
             for span in self.merge_spans_ms
@@ -502,7 +514,7 @@ class DuckDBStore:
         )
         row = self._con.execute("SELECT max(run) FROM blocks").fetchone()
         self._next_run = 0 if row is None or row[0] is None else int(row[0]) + 1
-        self._load_cells()
+        self._load_cells(recorded)
         heads = self._con.execute(
             "SELECT series_id, max(t) AS t, arg_max(v, t) AS v FROM "
             + _ALL_SAMPLES.format(where_blocks="true", where="true")
@@ -514,12 +526,12 @@ class DuckDBStore:
             self._head[ids] = heads["t"]
             self._latest.update(len(self._labels), ids, heads["t"], heads["v"])
 
-    def _load_cells(self) -> None:
+    def _load_cells(self, recorded: Mapping[str, int]) -> None:
         """Whether the cells are complete for :attr:`cell_ms` (else :meth:`compact` builds
         them: a store written before cells existed, or with another width), the oldest time
-        they may cover, and whether the head holds samples older than the blocks' end."""
+        they may cover, and whether the head holds samples older than the blocks' end.
+        ``recorded``: the file's ``store_meta``."""
         con = self._con
-        recorded = dict(con.execute("SELECT key, value FROM store_meta").fetchall())
         wanted = {"cell_ms": self.cell_ms, "cells_version": cells.VERSION}
         row = con.execute("SELECT min(t) FROM blocks").fetchone()
         oldest = None if row is None or row[0] is None else int(row[0])
@@ -1388,11 +1400,7 @@ class DuckDBStore:
 
     def _record_cells(self, con: duckdb.DuckDBPyConnection) -> None:
         """Note in the file that ``cells`` is complete for this width and layout."""
-        con.execute("DELETE FROM store_meta WHERE key IN ('cell_ms', 'cells_version')")
-        con.execute(
-            "INSERT INTO store_meta VALUES ('cell_ms', ?), ('cells_version', ?)",
-            [self.cell_ms, cells.VERSION],
-        )
+        _write_meta(con, {"cell_ms": self.cell_ms, "cells_version": cells.VERSION})
 
     def merge_runs(self) -> int:
         """Merge the runs of every closed span of :attr:`merge_spans_ms` (days, then weeks)
@@ -1452,9 +1460,7 @@ class DuckDBStore:
         con = self._con
         con.execute("BEGIN TRANSACTION")
         try:
-            for span, until in watermarks.items():
-                con.execute("DELETE FROM store_meta WHERE key = ?", [_merged_key(span)])
-                con.execute("INSERT INTO store_meta VALUES (?, ?)", [_merged_key(span), until])
+            _write_meta(con, {_merged_key(span): until for span, until in watermarks.items()})
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
