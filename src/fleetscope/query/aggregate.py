@@ -144,6 +144,8 @@ def _incremental(op: str, vec: Vector, gid: I64, groups: int) -> tuple[F64, Bool
         return mean, count > 0
     order, starts, ids = _sorted_groups(gid)
     sizes = np.diff(np.append(starts, len(order)))
+    if op == "avg" and (fast := _running_mean(vec, order, starts, ids, groups)) is not None:
+        return fast
     with np.errstate(all="ignore"):
         for rank in range(int(sizes.max())):
             has = sizes > rank
@@ -173,6 +175,52 @@ def _incremental(op: str, vec: Vector, gid: I64, groups: int) -> tuple[F64, Bool
             if op == "stddev":
                 values = np.sqrt(values)
     return values, count > 0
+
+
+def _running_mean(
+    vec: Vector, order: I64, starts: I64, ids: I64, groups: int
+) -> tuple[F64, Bools] | None:
+    """``avg`` as :func:`_incremental` computes it, with fewer operations a member: ``None``
+    when a value is not finite or is -0, or a mean overflows (the caller walks the members
+    with Prometheus' guards for infinite means then).
+
+    Each member adds ``present · (v / c - m / c)`` to its group's mean ``m``, where ``c``
+    counts the group's present members so far: ``m + (v / c - m / c)`` exactly when present,
+    ``m + 0`` otherwise; the first present member turns ``m = 0`` into ``0 + (v - 0) = v``
+    (which is why -0 goes the other way). Groups walk in order of size, largest first, so the
+    groups still walking at a rank are a prefix of them and their means a view.
+    """
+    live = vec.present[order]
+    with np.errstate(all="ignore"):
+        vals = np.where(live, vec.values[order], 0.0)
+    if not np.isfinite(vals).all() or (np.signbit(vals) & (vals == 0)).any():
+        return None
+    sizes = np.diff(np.append(starts, len(order)))
+    counts = np.cumsum(live, axis=0, dtype=np.float64)  # present members so far, per group:
+    before = np.zeros((len(starts), vec.steps))
+    before[1:] = counts[starts[1:] - 1]
+    counts -= np.repeat(before, sizes, axis=0)
+    np.maximum(counts, 1.0, out=counts)  # (no member present yet: m stays 0 whatever c is)
+    weight = live.astype(np.float64)
+    by_size = np.argsort(-sizes, kind="stable")
+    first, sizes = starts[by_size], sizes[by_size]
+    walking = np.searchsorted(-sizes, -np.arange(int(sizes[0])), side="left")  # per rank
+    mean = np.zeros((len(starts), vec.steps))
+    with np.errstate(all="ignore"):
+        for rank, k in enumerate(walking.tolist()):
+            rows = first[:k] + rank
+            m, c = mean[:k], counts[rows]
+            x = vals[rows] / c
+            x -= m / c
+            x *= weight[rows]
+            m += x
+    if not np.isfinite(mean).all():
+        return None
+    values = np.zeros((groups, vec.steps))
+    values[ids[by_size]] = mean
+    present = np.zeros((groups, vec.steps), np.bool_)
+    present[ids] = np.logical_or.reduceat(live, starts, axis=0)
+    return values, present
 
 
 def _quantile(vec: Vector, gid: I64, groups: int, q: F64) -> tuple[F64, Bools]:
