@@ -518,33 +518,39 @@ def test_the_memory_limit_reaches_duckdb_and_a_bad_one_is_refused(tmp_path: Path
 
 
 class CompactsDuringARead(DuckDBStore):
-    """Compacts between planning a head-only read and running it, as another thread could."""
+    """Compacts after a read took the head's rows from memory and before it reads the runs, as
+    another thread could."""
 
     armed = False
+    reads = 0
 
     def _rows(
-        self, ids: list[int], mint: int, maxt: int, *, head_only: bool, blocks_also: str = ""
-    ) -> str:
-        sql = super()._rows(ids, mint, maxt, head_only=head_only, blocks_also=blocks_also)
-        if self.armed and head_only:
+        self, ids: list[int], mint: int, maxt: int, blocks_also: str, *, head_in_sql: bool
+    ) -> str | None:
+        self.reads += 1
+        if self.armed:
             self.armed = False
             assert self.compact() > 0
-        return sql
+        return super()._rows(ids, mint, maxt, blocks_also, head_in_sql=head_in_sql)
 
 
-def test_a_read_of_the_head_alone_notices_a_compaction_and_reads_both_tables(
-    tmp_path: Path,
-) -> None:
+def test_a_read_that_overlaps_a_compaction_reads_again(tmp_path: Path) -> None:
     s = CompactsDuringARead(tmp_path / "c.duckdb", block_ms=1000, head_keep_ms=0)
     s.append(SampleBatch.from_rows([(gpu(0), t, float(t)) for t in range(0, 5000, 250)]))
-    assert s.compact() == 17  # blocks end at 4000: reads after 4000 need only the head
-    s.append(SampleBatch.from_rows([(gpu(0), t, float(t)) for t in range(5000, 6001, 250)]))
-    s.armed = True
-    (found,) = s.select([Matcher("gpu", "=", "0")], 4100, 6000)
-    assert not s.armed, "the compaction ran in the middle of the read"
-    assert found.t_ms.tolist() == list(range(4250, 6001, 250))
-    (again,) = s.select([Matcher("gpu", "=", "0")], 4100, 6000)  # plain: both tables
-    assert again.t_ms.tolist() == found.t_ms.tolist()
+    assert s.compact() == 17  # blocks end at 4000: 4250 … 4750 stay in the head
+    for mint, maxt in ((4100, 6000), (3100, 7000)):  # the head alone, then both
+        new = range(maxt - 1000, maxt + 1, 250)
+        s.append(SampleBatch.from_rows([(gpu(0), t, float(t)) for t in new if t > 4750]))
+        s.armed, s.reads = True, 0
+        # the head's rows are taken, then the move: the runs now hold them too
+        (found,) = s.select([Matcher("gpu", "=", "0")], mint, maxt)
+        assert not s.armed, "the compaction ran in the middle of the read"
+        assert s.reads == 2, "the read overlapping the move ran again"
+        want = [t for t in range(0, maxt + 1, 250) if t >= mint]
+        assert found.t_ms.tolist() == want
+        assert found.values.tolist() == [float(t) for t in want]
+        (again,) = s.select([Matcher("gpu", "=", "0")], mint, maxt)
+        assert again.t_ms.tolist() == want
     s.close()
 
 

@@ -87,6 +87,8 @@ from fleetscope.store import (
     check_bucket_aggregates,
     matches_all,
 )
+from fleetscope.store.head import Head, sort_order
+from fleetscope.store.head import Rows as HeadRows
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (id INTEGER NOT NULL, metric VARCHAR NOT NULL,
@@ -124,6 +126,11 @@ _EVENT_SCHEMA = pa.schema(
      ("attrs", pa.string())]
 )  # fmt: skip
 _NO_HEAD = np.iinfo(np.int64).min
+_NO_ROWS = "(SELECT series_id, t, v FROM blocks WHERE false)"  # a subquery of no samples
+# rows sorted by (series, t) → fewer of them (see _newest)
+_Reduce = Callable[
+    [npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64]], HeadRows
+]
 _T = TypeVar("_T")
 log = logging.getLogger(__name__)
 BLOCK_MS = 2 * 3_600_000  # compaction moves samples out of the head in aligned blocks of 2 h
@@ -357,6 +364,86 @@ def _fold_parts(parts: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _head_parts(
+    head: HeadRows,
+    base: int,
+    width: int,
+    kept: Collection[str],
+    *,
+    counter: bool,
+) -> dict[str, Any]:
+    """The parts of a bucket read (as its SQL computes them from raw rows: one per series,
+    bucket and side; NULL masked) from the head's rows, sorted by ``(series, t)``, in NumPy:
+    the head is in memory, and DuckDB took longer to group its rows than to scan them.
+    ``kept``: the value aggregates asked for. Not for no rows. Each is a part of its own
+    (side 1: SQL groups no other rows with it)."""
+    sid, t, v = head
+    b = (t - base + width - 1) // width
+    new = np.ones(len(sid), np.bool_)
+    new[1:] = (sid[1:] != sid[:-1]) | (b[1:] != b[:-1])
+    starts = np.flatnonzero(new)
+    ok = ~np.isnan(v)
+    n = np.add.reduceat(ok.astype(np.int64), starts)
+    empty = n == 0
+    at = np.arange(len(sid))
+    newest = np.maximum(np.maximum.reduceat(np.where(ok, at, -1), starts), 0)
+    oldest = np.minimum(np.minimum.reduceat(np.where(ok, at, len(sid)), starts), len(sid) - 1)
+    on_edge = np.maximum.reduceat(np.where(ok & (t == base + b * width), at, -1), starts)
+    none = np.ones(len(starts), np.bool_)
+
+    def values(name: str, reduce: np.ufunc, neutral: float) -> Any:
+        with np.errstate(all="ignore"):  # Inf - Inf: NaN, as in SQL; overflow: Inf
+            x = reduce.reduceat(np.where(ok, v, neutral), starts) if name in kept else none * 0.0
+        return np.ma.masked_array(x, mask=empty | (name not in kept))
+
+    parts = {
+        "series_id": sid[starts],
+        "b": b[starts],
+        "side": np.ones(len(starts), np.int32),
+        "n": n,
+        "s": values("s", np.add, 0.0),
+        "lo": values("lo", np.minimum, np.inf),
+        "hi": values("hi", np.maximum, -np.inf),
+        "last": np.ma.masked_array(v[newest], mask=empty | ("last" not in kept)),
+        "last_t": np.ma.masked_array(t[newest], mask=empty),
+        "edge": np.ma.masked_array(v[np.maximum(on_edge, 0)], mask=on_edge < 0),
+        "nans": np.add.reduceat((~ok).astype(np.int64), starts),
+        "bad": n * 0,
+    }
+    if counter:  # each not-NaN sample's step from the previous one of its part, summed
+        rows = np.flatnonzero(ok)
+        x, g = v[rows], (np.cumsum(new) - 1)[rows]
+        with np.errstate(all="ignore"):
+            step = np.where(x[1:] >= x[:-1], x[1:] - x[:-1], x[1:])
+        step = np.where(g[1:] == g[:-1], step, 0.0)
+        inc = np.bincount(g[1:], weights=step, minlength=len(starts))
+        parts |= {
+            "first_t": np.ma.masked_array(t[oldest], mask=empty),
+            "first": np.ma.masked_array(v[oldest], mask=empty),
+            "inc": np.ma.masked_array(inc, mask=empty),
+        }
+    return parts
+
+
+def _head_buckets(parts: dict[str, Any], head: HeadRows) -> dict[str, Any] | None:
+    """A bucket read's rows from the head's parts alone (one per series and bucket: nothing
+    to combine), as its SQL gives them; ``None`` for a NaN that is not a staleness marker."""
+    nans = head[2][np.isnan(head[2])]
+    if (nans.view(np.int64) != STALE_NAN_BITS).any():
+        return None
+    return parts | {"flags": np.where(parts["nans"] > 0, _NANS, 0)}
+
+
+def _arrow(columns: Mapping[str, Any]) -> pa.Table:
+    """An Arrow table of NumPy columns, masked ones with NULLs."""
+    return pa.table(
+        {
+            name: pa.array(np.ma.getdata(x), mask=np.ma.getmaskarray(x) if np.ma.isMA(x) else None)
+            for name, x in columns.items()
+        }
+    )
+
+
 def _key(labels: Mapping[str, str]) -> str:
     return json.dumps(sorted(labels.items()), separators=(",", ":"))
 
@@ -447,6 +534,11 @@ class DuckDBStore:
         self._by_name: dict[str, list[int]] = {}
         self._keys = np.empty(0, np.int64)  # series id → metric key
         self._head = np.empty(0, np.int64)
+        # the head table's rows in memory, sorted by series (store/head.py): what reads take
+        self._head_rows = Head()
+        # odd while a compaction move or a retention deletion changes the head and the runs:
+        # a read that saw it change reads again (see _read)
+        self._moves = 0
         self._load_index()
 
     def _upgrade_blocks(self) -> None:
@@ -515,6 +607,8 @@ class DuckDBStore:
         row = self._con.execute("SELECT max(run) FROM blocks").fetchone()
         self._next_run = 0 if row is None or row[0] is None else int(row[0]) + 1
         self._load_cells(recorded)
+        stored = self._con.execute("SELECT series_id, t, v FROM samples").fetchnumpy()
+        self._head_rows.load(stored["series_id"], stored["t"], stored["v"])
         heads = self._con.execute(
             "SELECT series_id, max(t) AS t, arg_max(v, t) AS v FROM "
             + _ALL_SAMPLES.format(where_blocks="true", where="true")
@@ -712,45 +806,59 @@ class DuckDBStore:
         ids: list[int],
         mint: int,
         maxt: int,
-        run: Callable[[duckdb.DuckDBPyConnection, str], _T],
+        run: Callable[[duckdb.DuckDBPyConnection, str | None, HeadRows], _T],
         blocks_also: str = "",
+        *,
+        head_in_sql: bool = False,
     ) -> _T:
-        """``run(cursor, rows)`` where ``rows`` is a subquery of the samples of ``ids``
-        (sorted) in ``[mint, maxt]``: from both tables, or from the head alone when no block
-        row can be that recent (most instant queries), which saves DuckDB a scan.
+        """``run(cursor, rows, head)``: ``head`` the head's samples of ``ids`` (sorted) in
+        ``[mint, maxt]``, from memory (:class:`~fleetscope.store.head.Head`), and ``rows`` a
+        subquery of the runs' ones, ``None`` when no run can hold one (most instant queries);
+        with ``head_in_sql``, ``rows`` has the head's samples too (as the table ``head_rows``).
 
-        Compaction raises the blocks' bound before it commits a move, so a head-only read that
-        finds the bound changed afterwards may have missed moved rows: it runs again on both.
+        A compaction move or a retention deletion changes the runs (DuckDB's commit) and the
+        head in memory one after the other, with :attr:`_moves` odd meanwhile: a read that
+        overlaps one reads again, so it never sees a sample twice or not at all.
         """
         cur = self._con.cursor()
+        wanted = np.asarray(ids, np.int64)
         try:
             cur.register("wanted", pa.table({"id": pa.array(ids, pa.int32())}))
-            bound = self._blocks_max_t
-            result = run(cur, self._rows(ids, mint, maxt, head_only=mint > bound,
-                                         blocks_also=blocks_also))  # fmt: skip
-            if mint > bound and self._blocks_max_t != bound:
-                result = run(cur, self._rows(ids, mint, maxt, head_only=False,
-                                             blocks_also=blocks_also))  # fmt: skip
-            return result
+            while True:
+                seq = self._moves
+                if seq % 2:
+                    with self._lock:  # held by the move: wait for it to end
+                        continue
+                head = self._head_rows.view().rows(wanted, mint, maxt)
+                if head_in_sql:
+                    sid, t, v = head
+                    cur.register(
+                        "head_rows",
+                        pa.table({"series_id": pa.array(sid, pa.int32()), "t": t, "v": v}),
+                    )
+                rows = self._rows(ids, mint, maxt, blocks_also, head_in_sql=head_in_sql)
+                result = run(cur, rows, head)
+                if self._moves == seq:
+                    return result
         finally:
             cur.close()
 
     def _rows(
-        self, ids: list[int], mint: int, maxt: int, *, head_only: bool, blocks_also: str = ""
-    ) -> str:
-        """The rows of ``ids`` in ``[mint, maxt]``; ``blocks_also``: one more condition on
-        the ``blocks`` side (leaving out the samples that cells stand for)."""
-        where_blocks, where = self._where(ids)
-        within = f"t BETWEEN {int(mint)} AND {int(maxt)} AND series_id IN (SELECT id FROM wanted)"
-        head = f"SELECT series_id, t, v FROM samples WHERE {where} AND {within}"
-        if head_only:
-            return f"({head})"
-        also = f" AND {blocks_also}" if blocks_also else ""
-        return (
-            f"(SELECT series_id, t, v FROM blocks WHERE {_within(mint, maxt)} AND "
-            f"{where_blocks} AND {within}{also} "
-            f"UNION ALL {head})"
-        )
+        self, ids: list[int], mint: int, maxt: int, blocks_also: str, *, head_in_sql: bool
+    ) -> str | None:
+        """The runs' rows of ``ids`` in ``[mint, maxt]`` (and the head's, ``head_in_sql``);
+        ``blocks_also``: one more condition on them (leaving out the samples that cells stand
+        for)."""
+        parts = ["SELECT series_id, t, v FROM head_rows"] if head_in_sql else []
+        if mint <= self._blocks_max_t:
+            where_blocks, _ = self._where(ids)
+            also = f" AND {blocks_also}" if blocks_also else ""
+            parts.append(
+                f"SELECT series_id, t, v FROM blocks WHERE {_within(mint, maxt)} AND "
+                f"{where_blocks} AND t BETWEEN {int(mint)} AND {int(maxt)} AND "
+                f"series_id IN (SELECT id FROM wanted){also}"
+            )
+        return f"({' UNION ALL '.join(parts)})" if parts else None
 
     def _where(self, ids: Sequence[int]) -> tuple[str, str]:
         """Constant filters for :data:`_ALL_SAMPLES` that let zone maps skip row groups: the
@@ -1015,6 +1123,10 @@ class DuckDBStore:
         for ids, t, v in zip(stage.ids, stage.t, stage.v, strict=True):  # committed: in order
             last = np.append(ids[1:] != ids[:-1], True)  # rows are sorted by (id, t)
             self._latest.update(len(self._labels), ids[last], t[last], v[last])
+        if stage.ids:
+            self._head_rows.add(
+                np.concatenate(stage.ids), np.concatenate(stage.t), np.concatenate(stage.v)
+            )
         stage.clear()
         for p, result in zip(pending, results, strict=True):
             p.result = result
@@ -1120,47 +1232,37 @@ class DuckDBStore:
                 edge_cell = f"(c = {edge} AND coalesce(top_dt, last_dt) = {w})"
                 blocks_also, raw_mint = "", span[1] * w + 1
 
-        def run(cur: duckdb.DuckDBPyConnection, rows: str) -> dict[str, Any]:
-            if span is not None and hints is not None:
-                # a marker's bits do not survive SQL's NaN constants: flagged, set below
-                tops = (
-                    f"SELECT series_id, (c::BIGINT - 1) * {w} + coalesce(top_dt, last_dt) AS t, "
-                    "CASE WHEN top_dt IS NULL THEN last_v ELSE 'NaN'::DOUBLE END AS v, "
-                    "top_dt IS NOT NULL AND NOT top_real AS marker FROM cells WHERE "
-                )
-                if hints.step_ms == w:  # a cell is a step bucket: its top is the newest
-                    first = self._cells_where(ids, (span[0], span[0]), edge_cell)
-                    rest = self._cells_where(ids, (span[0] + 1, span[1]))
-                    sql = (
-                        "SELECT series_id, max(t) AS t, arg_max(v, t) AS v, "
-                        "arg_max(marker, t) AS marker FROM (SELECT *, false AS marker FROM "
-                        f"{rows} UNION ALL {tops}{first}) GROUP BY series_id, "
-                        f"greatest(ceil((t - ?) / ?), 0) UNION ALL {tops}{rest} ORDER BY 1, 2"
-                    )
-                    return cur.execute(sql, [hints.start_ms, hints.step_ms]).fetchnumpy()
-                every = self._cells_where(ids, span, edge_cell) + _near_steps(span[0] - 1, hints, w)
-                rows = f"(SELECT *, false AS marker FROM {rows} UNION ALL {tops}{every})"
-            if one_instant:  # the newest sample of each series in the window
-                sql = f"SELECT series_id, max(t) AS t, arg_max(v, t) AS v FROM {rows} GROUP BY 1"
-                return cur.execute(sql + " ORDER BY 1").fetchnumpy()
-            if thin and hints is not None:
-                # Keep the newest sample per step bucket: exactly what instant selectors
-                # read (SelectHints). Bucket k > 0 holds the samples in
-                # (start + (k-1)*step, start + k*step]; bucket 0 those at or before start.
-                marker = ", arg_max(marker, t) AS marker" if span is not None else ""
-                sql = (
-                    f"SELECT series_id, max(t) AS t, arg_max(v, t) AS v{marker} FROM {rows} "
-                    "GROUP BY series_id, greatest(ceil((t - ?) / ?), 0) ORDER BY 1, 2"
-                )
-                return cur.execute(sql, [hints.start_ms, hints.step_ms]).fetchnumpy()
-            return cur.execute(f"SELECT series_id, t, v FROM {rows} ORDER BY 1, 2").fetchnumpy()
+        newest: _Reduce | None = None
+        if thin and hints is not None:  # the newest sample of each step bucket
+            start, step = hints.start_ms, hints.step_ms
+            newest = _newest(lambda t: np.maximum(-((start - t) // step), 0))
+        elif one_instant:  # the newest of each series
+            newest = _newest(lambda t: np.zeros(len(t), np.int64))
 
-        cols = self._read(ids, raw_mint, maxt_ms, run, blocks_also)
-        sids = np.asarray(cols["series_id"], np.int64)
-        ts = np.asarray(cols["t"], np.int64)
-        vs = np.asarray(cols["v"], np.float64)
-        if "marker" in cols:
-            vs = np.where(np.asarray(cols["marker"], np.bool_), STALE_NAN, vs)
+        def run(cur: duckdb.DuckDBPyConnection, rows: str | None, head: HeadRows) -> HeadRows:
+            sql = (
+                None
+                if rows is None and span is None
+                else self._select_sql(
+                    ids, rows, hints, span, edge_cell, thin=thin, one_instant=one_instant
+                )
+            )
+            if sql is None:
+                return head if newest is None else newest(*head)
+            cols = cur.execute(*sql).fetchnumpy()
+            found: HeadRows = (
+                np.asarray(cols["series_id"], np.int64),
+                np.asarray(cols["t"], np.int64),
+                np.asarray(cols["v"], np.float64),
+            )
+            if "marker" in cols:
+                marked = np.asarray(cols["marker"], np.bool_)
+                found = found[0], found[1], np.where(marked, STALE_NAN, found[2])
+            if not len(head[0]):
+                return found
+            return _merge_rows(found, head if newest is None else newest(*head), newest)
+
+        sids, ts, vs = self._read(ids, raw_mint, maxt_ms, run, blocks_also)
         if len(sids) == 0:
             return _no_runs()
         starts = np.flatnonzero(np.concatenate(([True], sids[1:] != sids[:-1])))
@@ -1171,6 +1273,56 @@ class DuckDBStore:
             at = np.repeat(starts[order] - bounds[:-1], sizes[order]) + np.arange(len(sids))
             ts, vs = ts[at], vs[at]
         return sids[starts[order]], ts, vs, bounds
+
+    def _select_sql(
+        self,
+        ids: list[int],
+        rows: str | None,
+        hints: SelectHints | None,
+        span: tuple[int, int] | None,
+        edge_cell: str,
+        *,
+        thin: bool,
+        one_instant: bool,
+    ) -> tuple[str, list[int]]:
+        """A select's SQL over the runs' ``rows`` and cells ``span`` (with its parameters):
+        rows sorted by ``(series_id, t)``, each series' newest (``one_instant``) or each step
+        bucket's (``thin``), and a marker column where cells say a newest sample is a
+        staleness marker (whose bits do not survive SQL's NaN constants)."""
+        w = self.cell_ms
+        rows = rows or _NO_ROWS
+        if span is not None and hints is not None:
+            tops = (
+                f"SELECT series_id, (c::BIGINT - 1) * {w} + coalesce(top_dt, last_dt) AS t, "
+                "CASE WHEN top_dt IS NULL THEN last_v ELSE 'NaN'::DOUBLE END AS v, "
+                "top_dt IS NOT NULL AND NOT top_real AS marker FROM cells WHERE "
+            )
+            if hints.step_ms == w:  # a cell is a step bucket: its top is the newest
+                first = self._cells_where(ids, (span[0], span[0]), edge_cell)
+                rest = self._cells_where(ids, (span[0] + 1, span[1]))
+                sql = (
+                    "SELECT series_id, max(t) AS t, arg_max(v, t) AS v, "
+                    "arg_max(marker, t) AS marker FROM (SELECT *, false AS marker FROM "
+                    f"{rows} UNION ALL {tops}{first}) GROUP BY series_id, "
+                    f"greatest(ceil((t - ?) / ?), 0) UNION ALL {tops}{rest} ORDER BY 1, 2"
+                )
+                return sql, [hints.start_ms, hints.step_ms]
+            every = self._cells_where(ids, span, edge_cell) + _near_steps(span[0] - 1, hints, w)
+            rows = f"(SELECT *, false AS marker FROM {rows} UNION ALL {tops}{every})"
+        if one_instant:  # the newest sample of each series in the window
+            sql = f"SELECT series_id, max(t) AS t, arg_max(v, t) AS v FROM {rows} GROUP BY 1"
+            return sql + " ORDER BY 1", []
+        if thin and hints is not None:
+            # Keep the newest sample per step bucket: exactly what instant selectors
+            # read (SelectHints). Bucket k > 0 holds the samples in
+            # (start + (k-1)*step, start + k*step]; bucket 0 those at or before start.
+            marker = ", arg_max(marker, t) AS marker" if span is not None else ""
+            sql = (
+                f"SELECT series_id, max(t) AS t, arg_max(v, t) AS v{marker} FROM {rows} "
+                "GROUP BY series_id, greatest(ceil((t - ?) / ?), 0) ORDER BY 1, 2"
+            )
+            return sql, [hints.start_ms, hints.step_ms]
+        return f"SELECT series_id, t, v FROM {rows} ORDER BY 1, 2", []
 
     def select_buckets(
         self,
@@ -1236,7 +1388,17 @@ class DuckDBStore:
                 f"{_FLAGS} AS flags FROM ({sql})"
             )
 
-        def run(cur: duckdb.DuckDBPyConnection, rows: str) -> dict[str, Any] | None:
+        def run(
+            cur: duckdb.DuckDBPyConnection, rows: str | None, head: HeadRows
+        ) -> dict[str, Any] | None:
+            head_part = ""
+            if len(head[0]):
+                in_head = _head_parts(head, base, width, kept, counter=counter)
+                if rows is None and not cells_part:  # the head alone (no counter): no SQL
+                    return _head_buckets(in_head, head)
+                cur.register("head_parts", _arrow(in_head))
+                head_part = " UNION ALL SELECT * FROM head_parts"
+            rows = rows or _NO_ROWS
             raw = f"SELECT series_id, t, v, {bucket} AS b, {side} AS side FROM {rows}"
             counter_cols = ""
             if counter:
@@ -1249,7 +1411,7 @@ class DuckDBStore:
                 f"SELECT series_id, b, side, count(v) {ok} AS n, {computed}"
                 f"max(t) {ok} AS last_t, max(v) FILTER (WHERE {at_edge}) AS edge, "
                 f"count(*) FILTER (WHERE isnan(v)) AS nans, 0 AS bad{counter_cols} "
-                f"FROM ({raw}) GROUP BY series_id, b, side{cells_part}"
+                f"FROM ({raw}) GROUP BY series_id, b, side{cells_part}{head_part}"
             )
             if counter and width == w:  # one part per (series, bucket): nothing to fold
                 cols: dict[str, Any] = cur.execute(slim(parts)).fetchnumpy()
@@ -1273,7 +1435,8 @@ class DuckDBStore:
                 return None  # a real NaN in a cell
             if (flags & _NANS).any():
                 nans = cur.execute(f"SELECT v FROM {rows} WHERE isnan(v)").fetchnumpy()["v"]
-                if (np.asarray(nans, np.float64).view(np.int64) != STALE_NAN_BITS).any():
+                nans = np.concatenate([np.asarray(nans, np.float64), head[2][np.isnan(head[2])]])
+                if (nans.view(np.int64) != STALE_NAN_BITS).any():
                     return None  # a real NaN: the caller applies Prometheus' rules to samples
             return cols
 
@@ -1317,18 +1480,23 @@ class DuckDBStore:
         with self._lock:
             self._latest.forget_before(t_ms)
             deleted = 0
-            for sql in (
-                f"DELETE FROM run_rows WHERE k <= {_span(t_ms)} AND u - o < $t",
-                "DELETE FROM samples WHERE t < $t",
-            ):
-                row = self._con.execute(sql, {"t": t_ms}).fetchone()
-                deleted += int(row[0]) if row else 0
-            if self.cell_ms:  # every cell that may have lost a sample
-                c = cells.cell_number()
-                self._con.execute(
-                    f"DELETE FROM cell_rows WHERE ({c} - 1) * {self.cell_ms} + 1 < ?", [t_ms]
-                )
-                self._cells_lo = max(self._cells_lo, t_ms)
+            self._moves += 1  # reads overlapping this read again (_read)
+            try:
+                for sql in (
+                    f"DELETE FROM run_rows WHERE k <= {_span(t_ms)} AND u - o < $t",
+                    "DELETE FROM samples WHERE t < $t",
+                ):
+                    row = self._con.execute(sql, {"t": t_ms}).fetchone()
+                    deleted += int(row[0]) if row else 0
+                self._head_rows.drop(before=t_ms)
+                if self.cell_ms:  # every cell that may have lost a sample
+                    c = cells.cell_number()
+                    self._con.execute(
+                        f"DELETE FROM cell_rows WHERE ({c} - 1) * {self.cell_ms} + 1 < ?", [t_ms]
+                    )
+                    self._cells_lo = max(self._cells_lo, t_ms)
+            finally:
+                self._moves += 1
         return deleted
 
     def compact(self, max_blocks: int | None = None) -> int:
@@ -1511,8 +1679,18 @@ class DuckDBStore:
         metric_keys = pa.table(
             {"id": pa.array(np.arange(len(keys), dtype=np.int32)), "key": pa.array(keys)}
         )
-        con = self._con
         run = self._next_run
+        self._moves += 1  # reads overlapping the move read again (_read)
+        try:
+            row = self._move_rows(run, end_ms, metric_keys)
+            self._head_rows.drop(until=end_ms)
+        finally:
+            self._moves += 1
+        return int(row[0]) if row else 0
+
+    def _move_rows(self, run: int, end_ms: int, metric_keys: pa.Table) -> tuple[Any, ...] | None:
+        """The move of :meth:`_move_block` in DuckDB: one transaction; the rows deleted."""
+        con = self._con
         con.execute("BEGIN TRANSACTION")
         try:
             con.register("metric_keys", metric_keys)
@@ -1526,8 +1704,6 @@ class DuckDBStore:
             if self._cells_ready:
                 self._build_block_cells(run, end_ms)
             row = con.execute("DELETE FROM samples WHERE t <= ?", [end_ms]).fetchone()
-            # Raised before the commit: a read that sees the moved rows gone from the head
-            # also sees this bound (see _rows), so it reads the blocks.
             self._blocks_max_t = max(self._blocks_max_t, end_ms)
             self._late = False  # every head sample up to the bound was just moved
             con.execute("COMMIT")
@@ -1536,7 +1712,7 @@ class DuckDBStore:
             raise
         finally:
             con.unregister("metric_keys")
-        return int(row[0]) if row else 0
+        return row
 
     def _build_block_cells(self, run: int, end_ms: int) -> None:
         """The cells of block ``run`` ending at ``end_ms`` (in the caller's transaction). The
@@ -1715,6 +1891,32 @@ class DuckDBStore:
     def close(self) -> None:
         with self._lock:
             self._con.close()
+
+
+def _newest(key: Callable[[npt.NDArray[np.int64]], npt.NDArray[np.int64]]) -> _Reduce:
+    """A reduction of rows sorted by ``(series, t)`` to the newest of each series and
+    ``key(t)`` (a step bucket, or one key for all: each series' newest)."""
+
+    def newest(
+        sid: npt.NDArray[np.int64], t: npt.NDArray[np.int64], v: npt.NDArray[np.float64]
+    ) -> HeadRows:
+        if len(sid) < 2:
+            return sid, t, v
+        k = key(t)
+        last = np.ones(len(sid), np.bool_)
+        last[:-1] = (sid[1:] != sid[:-1]) | (k[1:] != k[:-1])
+        return sid[last], t[last], v[last]
+
+    return newest
+
+
+def _merge_rows(a: HeadRows, b: HeadRows, newest: _Reduce | None) -> HeadRows:
+    """The rows of ``a`` and ``b`` (each sorted by ``(series, t)``), sorted, and reduced by
+    ``newest`` when given."""
+    sid, t = np.concatenate([a[0], b[0]]), np.concatenate([a[1], b[1]])
+    order = sort_order(sid, t)
+    rows = sid[order], t[order], np.concatenate([a[2], b[2]])[order]
+    return rows if newest is None else newest(*rows)
 
 
 def _no_runs() -> Runs:
