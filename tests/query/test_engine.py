@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 
 from fleetscope.query import Engine, QueryError
+from fleetscope.query import aggregate as aggregate_module
 from fleetscope.query.engine import Evaluator
+from fleetscope.query.value import Vector
 from fleetscope.store import (
     STALE_NAN,
     FakeMetricStore,
@@ -439,3 +441,39 @@ def test_topk_ties_follow_prometheus_heap() -> None:
     # the heap's root (the first 5) makes way for 7, the later 5s stay (a sort by value and
     # input order would keep the first two 5s)
     assert [s.labels["i"] for s in result.series] == ["3", "1", "2"]
+
+
+def _avg_walking_every_member(
+    vec: Vector, gid: np.ndarray, groups: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``avg`` by the member-by-member walk with Prometheus' guards (no shortcut)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(aggregate_module, "_running_mean", lambda *args: None)
+        return aggregate_module._incremental("avg", vec, gid, groups)
+
+
+def test_avg_takes_its_shortcut_bit_for_bit() -> None:
+    """The shortcut for finite values gives avg's walk bit for bit (and steps aside where the
+    walk's guards for infinite means, or -0, would matter: the walk then answers)."""
+    rng = np.random.default_rng(7)
+    took = 0
+    for trial in range(600):
+        n, steps = int(rng.integers(1, 30)), int(rng.integers(1, 20))
+        first_seen: dict[int, int] = {}
+        gid = np.array(
+            [first_seen.setdefault(int(g), len(first_seen)) for g in rng.integers(0, n, n)]
+        )
+        values = rng.normal(size=(n, steps)) * 10.0 ** float(rng.integers(-5, 300))
+        if trial % 4 == 0:
+            values = np.round(values)
+        special = [np.inf, np.nan, -0.0, 1.7e308][trial % 5] if trial % 5 < 4 else None
+        if special is not None:
+            values[rng.random(values.shape) < 0.2] = special
+        vec = Vector([()] * n, values, rng.random((n, steps)) < 0.8)
+        order, starts, ids = aggregate_module._sorted_groups(gid)
+        took += aggregate_module._running_mean(vec, order, starts, ids, len(first_seen)) is not None
+        got = aggregate_module._incremental("avg", vec, gid, len(first_seen))
+        want = _avg_walking_every_member(vec, gid, len(first_seen))
+        np.testing.assert_array_equal(got[1], want[1])
+        assert got[0][want[1]].view(np.int64).tolist() == want[0][want[1]].view(np.int64).tolist()
+    assert 200 < took < 600  # both ways were taken

@@ -127,10 +127,7 @@ _EVENT_SCHEMA = pa.schema(
 )  # fmt: skip
 _NO_HEAD = np.iinfo(np.int64).min
 _NO_ROWS = "(SELECT series_id, t, v FROM blocks WHERE false)"  # a subquery of no samples
-# rows sorted by (series, t) → fewer of them (see _newest)
-_Reduce = Callable[
-    [npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64]], HeadRows
-]
+_Key = Callable[[npt.NDArray[np.int64]], npt.NDArray[np.int64]]  # times → keys (_newest)
 _T = TypeVar("_T")
 log = logging.getLogger(__name__)
 BLOCK_MS = 2 * 3_600_000  # compaction moves samples out of the head in aligned blocks of 2 h
@@ -1232,12 +1229,15 @@ class DuckDBStore:
                 edge_cell = f"(c = {edge} AND coalesce(top_dt, last_dt) = {w})"
                 blocks_also, raw_mint = "", span[1] * w + 1
 
-        newest: _Reduce | None = None
+        key: _Key | None = None  # rows of equal series and key: the newest one only
         if thin and hints is not None:  # the newest sample of each step bucket
             start, step = hints.start_ms, hints.step_ms
-            newest = _newest(lambda t: np.maximum(-((start - t) // step), 0))
+
+            def key(t: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+                return np.maximum(-((start - t) // step), 0)  # ceil((t - start) / step)
+
         elif one_instant:  # the newest of each series
-            newest = _newest(lambda t: np.zeros(len(t), np.int64))
+            key = np.zeros_like
 
         def run(cur: duckdb.DuckDBPyConnection, rows: str | None, head: HeadRows) -> HeadRows:
             sql = (
@@ -1248,7 +1248,7 @@ class DuckDBStore:
                 )
             )
             if sql is None:
-                return head if newest is None else newest(*head)
+                return _newest(head, key)
             cols = cur.execute(*sql).fetchnumpy()
             found: HeadRows = (
                 np.asarray(cols["series_id"], np.int64),
@@ -1260,7 +1260,7 @@ class DuckDBStore:
                 found = found[0], found[1], np.where(marked, STALE_NAN, found[2])
             if not len(head[0]):
                 return found
-            return _merge_rows(found, head if newest is None else newest(*head), newest)
+            return _merge_rows(found, _newest(head, key), key)
 
         sids, ts, vs = self._read(ids, raw_mint, maxt_ms, run, blocks_also)
         if len(sids) == 0:
@@ -1893,30 +1893,48 @@ class DuckDBStore:
             self._con.close()
 
 
-def _newest(key: Callable[[npt.NDArray[np.int64]], npt.NDArray[np.int64]]) -> _Reduce:
-    """A reduction of rows sorted by ``(series, t)`` to the newest of each series and
-    ``key(t)`` (a step bucket, or one key for all: each series' newest)."""
-
-    def newest(
-        sid: npt.NDArray[np.int64], t: npt.NDArray[np.int64], v: npt.NDArray[np.float64]
-    ) -> HeadRows:
-        if len(sid) < 2:
-            return sid, t, v
-        k = key(t)
-        last = np.ones(len(sid), np.bool_)
-        last[:-1] = (sid[1:] != sid[:-1]) | (k[1:] != k[:-1])
-        return sid[last], t[last], v[last]
-
-    return newest
+def _newest(rows: HeadRows, key: _Key | None) -> HeadRows:
+    """Rows sorted by ``(series, t)``, reduced to the newest of each series and ``key(t)`` (a
+    step bucket, or one key for all: each series' newest); all of them for no ``key``."""
+    sid, t, v = rows
+    if key is None or len(sid) < 2:
+        return rows
+    k = key(t)
+    last = np.ones(len(sid), np.bool_)
+    last[:-1] = (sid[1:] != sid[:-1]) | (k[1:] != k[:-1])
+    return sid[last], t[last], v[last]
 
 
-def _merge_rows(a: HeadRows, b: HeadRows, newest: _Reduce | None) -> HeadRows:
-    """The rows of ``a`` and ``b`` (each sorted by ``(series, t)``), sorted, and reduced by
-    ``newest`` when given."""
-    sid, t = np.concatenate([a[0], b[0]]), np.concatenate([a[1], b[1]])
-    order = sort_order(sid, t)
-    rows = sid[order], t[order], np.concatenate([a[2], b[2]])[order]
-    return rows if newest is None else newest(*rows)
+def _merge_rows(a: HeadRows, b: HeadRows, key: _Key | None) -> HeadRows:
+    """The rows of ``a`` (the runs') and ``b`` (the head's), each sorted by ``(series, t)`` and
+    reduced by :func:`_newest`: sorted, and reduced again. The head's rows of a series follow
+    its runs' ones, so they are put in after them, and only a series' last row of ``a`` and
+    first of ``b`` can share a key: no sort of ``a``."""
+    a_sid, a_t, a_v = a
+    b_sid, b_t, b_v = b
+    if not len(a_sid):
+        return b
+    at = np.searchsorted(a_sid, b_sid, side="right")  # after the series' rows in a
+    before = np.maximum(at - 1, 0)
+    same = (at > 0) & (a_sid[before] == b_sid)
+    # Appends are in order per series and moves take a series' oldest rows, so its head rows
+    # are newer than its runs' ones; should that ever not hold, sort them together.
+    if (same & (a_t[before] >= b_t)).any():
+        sid, t = np.concatenate([a_sid, b_sid]), np.concatenate([a_t, b_t])
+        order = sort_order(sid, t)
+        return _newest((sid[order], t[order], np.concatenate([a_v, b_v])[order]), key)
+    if key is not None:  # a's last row of a series loses to b's first one with its key
+        first = np.ones(len(b_sid), np.bool_)
+        first[1:] = b_sid[1:] != b_sid[:-1]
+        clash = first & same
+        clash[clash] = key(a_t[before[clash]]) == key(b_t[clash])
+        if clash.any():
+            gone = before[clash]  # sorted: b is
+            keep = np.ones(len(a_sid), np.bool_)
+            keep[gone] = False
+            a_sid, a_t, a_v = a_sid[keep], a_t[keep], a_v[keep]
+            at = at - np.searchsorted(gone, at, side="left")
+    return np.insert(a_sid, at, b_sid), np.insert(a_t, at, b_t), np.insert(a_v, at, b_v)
 
 
 def _no_runs() -> Runs:
