@@ -15,11 +15,12 @@ paid ~23 bits each in every group where one series ends and the next begins. Mea
 query bench's 310 M samples (GPUs at 15 s, jobs and inference at 15–60 s): times take 0.07
 bytes per sample (``u``, ``o`` and ``k`` together) instead of 0.81. Like Prometheus' compactor,
 closed days and then closed weeks (spans aligned to the epoch) of runs are merged into one run
-each, so a read meets few runs. Every read is a union of the two tables; which table or run
-holds a sample never changes an answer. Blocks are closed on the right, ``(k·2h, (k+1)·2h]``, so
-that each is a whole number of the five-minute *cells* that compaction writes beside it
-(``cells``, see store/cells.py): per series and cell, the aggregates that bucket reads and
-aligned instant selectors take instead of the samples.
+each, so a read meets few runs. Every read is a union of the runs and the head, whose rows
+it takes from a copy in memory sorted by series (store/head.py) rather than from the table;
+which table or run holds a sample never changes an answer. Blocks are closed on the right,
+``(k·2h, (k+1)·2h]``, so that each is a whole number of the five-minute *cells* that
+compaction writes beside it (``cells``, see store/cells.py): per series and cell, the
+aggregates that bucket reads and aligned instant selectors take instead of the samples.
 
 Series are few (thousands) and samples many (hundreds of millions), so the series index lives in
 memory — label matching runs over it in Python, as a postings lookup would — and only

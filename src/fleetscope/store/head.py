@@ -9,7 +9,7 @@ series' rows by position (~1 ms for 100 k rows) and the store reduces them with 
 
 The table stays the durable copy (and what compaction moves into runs); the store loads this
 copy from it when it opens and follows each committed append, compaction move and retention
-deletion with :meth:`Head.add` and :meth:`Head.drop`. Memory: 20 bytes a sample (~60 MB for
+deletion with :meth:`Head.add` and :meth:`Head.drop`. Memory: 24 bytes a sample (~70 MB for
 the bench's 256 GPUs' three hours).
 
 New rows go to a *tail* in arrival order and are folded into the sorted part once the tail
