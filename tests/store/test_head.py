@@ -149,3 +149,63 @@ def test_the_head_is_loaded_again_when_the_store_opens(tmp_path: Path) -> None:
     assert len(t) > 0 and sid.tolist() == sid2.tolist() and t.tolist() == t2.tolist()
     assert v.view(I64).tolist() == v2.view(I64).tolist()
     again.close()
+
+
+def test_a_head_past_its_limit_steps_aside_until_it_fits_again() -> None:
+    head = Head(limit=5)
+    head.add(np.array([1, 2, 3], I64), np.array([10, 10, 10], I64), np.array([1.0, 2.0, 3.0]))
+    assert head.complete and len(head) == 3
+    head.add(np.array([1, 2, 3], I64), np.array([20, 20, 20], I64), np.array([4.0, 5.0, 6.0]))
+    assert not head.complete and len(head) == 0  # freed: readers read the table
+    head.add(np.array([1], I64), np.array([30], I64), np.array([7.0]))
+    head.drop(until=15)
+    assert not head.complete and len(head) == 0  # stays aside until loaded again
+    head.load(np.arange(6, dtype=I64), np.zeros(6, I64), np.zeros(6))
+    assert not head.complete
+    head.load(np.array([2, 1], I64), np.array([20, 20], I64), np.array([5.0, 4.0]))
+    assert head.complete and _got(head.view(), [1, 2], 0, 100) == [(1, 20, 4.0), (2, 20, 5.0)]
+
+
+def test_a_store_whose_head_outgrows_memory_reads_the_table(tmp_path: Path) -> None:
+    """Too many head samples for memory (a backfill before a compaction): reads scan the head
+    table, with the same answers; compaction shrinks it, and it is in memory again."""
+    batch = SampleBatch.from_rows(_history(np.random.default_rng(11)))
+    config = {"block_ms": 30 * MIN, "head_keep_ms": 10 * MIN}
+    small = DuckDBStore(tmp_path / "small.duckdb", head_rows=2000, **config)
+    plain = DuckDBStore(tmp_path / "plain.duckdb", **config)
+    for s in (small, plain):
+        s.append(batch)
+    assert len(batch) > 2000 and not small._head_rows.complete
+    assert plain._head_rows.complete
+
+    def same_answers() -> None:
+        for metric in ("fleet_gpu_power_watts", "fleet_gpu_energy_joules_total"):
+            m = [Matcher("__name__", "=", metric)]
+            for a, b in zip(small.select(m, 0, 10**9), plain.select(m, 0, 10**9), strict=True):
+                assert a.t_ms.tolist() == b.t_ms.tolist()
+                assert a.values.view(I64).tolist() == b.values.view(I64).tolist()
+            hints = SelectHints(start_ms=60 * MIN, end_ms=6 * 60 * MIN, step_ms=W, lookback_ms=W)
+            got = small.select(m, 55 * MIN, 6 * 60 * MIN, hints)
+            want = plain.select(m, 55 * MIN, 6 * 60 * MIN, hints)
+            for x, y in zip(got, want, strict=True):
+                assert _read_at_steps(x, hints) == _read_at_steps(y, hints)
+            for base, width, n in LAYOUTS:
+                x = small.select_buckets(m, base, width, n, BUCKET_AGGREGATES)
+                y = plain.select_buckets(m, base, width, n, BUCKET_AGGREGATES)
+                assert x is not None and y is not None
+                for name in ("count", "min", "max", "last", "edge"):
+                    np.testing.assert_array_equal(getattr(x, name), getattr(y, name), name)
+                np.testing.assert_allclose(x.sum, y.sum, rtol=1e-12, equal_nan=True)
+
+    same_answers()
+    small.close()
+    small = DuckDBStore(tmp_path / "small.duckdb", head_rows=2000, **config)
+    assert not small._head_rows.complete  # not copied at open either
+    same_answers()
+    for s in (small, plain):
+        s.compact()  # the last half hour stays in the head: under half the limit
+    assert 0 < len(plain._head_rows) <= 1000
+    assert small._head_rows.complete and len(small._head_rows) == len(plain._head_rows)
+    same_answers()
+    small.close()
+    plain.close()

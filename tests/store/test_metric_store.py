@@ -525,13 +525,13 @@ class CompactsDuringARead(DuckDBStore):
     reads = 0
 
     def _rows(
-        self, ids: list[int], mint: int, maxt: int, blocks_also: str, *, head_in_sql: bool
+        self, ids: list[int], mint: int, maxt: int, blocks_also: str, *, head_table: bool
     ) -> str | None:
         self.reads += 1
         if self.armed:
             self.armed = False
             assert self.compact() > 0
-        return super()._rows(ids, mint, maxt, blocks_also, head_in_sql=head_in_sql)
+        return super()._rows(ids, mint, maxt, blocks_also, head_table=head_table)
 
 
 def test_a_read_that_overlaps_a_compaction_reads_again(tmp_path: Path) -> None:

@@ -88,7 +88,7 @@ from fleetscope.store import (
     check_bucket_aggregates,
     matches_all,
 )
-from fleetscope.store.head import Head, sort_order
+from fleetscope.store.head import HEAD_ROWS, Head, sort_order
 from fleetscope.store.head import Rows as HeadRows
 
 _SCHEMA = """
@@ -491,10 +491,12 @@ class DuckDBStore:
         merge_spans_ms: Sequence[int] = MERGE_SPANS_MS,
         cell_ms: int = cells.CELL_MS,
         memory_limit: str | None = None,
+        head_rows: int = HEAD_ROWS,
     ) -> None:
         """``memory_limit``: DuckDB's (``"4GB"``, ``"40%"`` of RAM…; ``None``: DuckDB's
         default, 80 %), which upgrades, merges and cell builds of large stores reach (they
-        spill to disk beyond it)."""
+        spill to disk beyond it). ``head_rows``: the most head samples kept in memory
+        (store/head.py; 24 bytes each); beyond, reads scan the head table."""
         if memory_limit is not None and not MEMORY_LIMIT.match(memory_limit):
             raise ValueError(f"memory limit {memory_limit!r}: expected e.g. 4GB, 512MiB or 40%")
         self.path = str(path)
@@ -533,7 +535,7 @@ class DuckDBStore:
         self._keys = np.empty(0, np.int64)  # series id → metric key
         self._head = np.empty(0, np.int64)
         # the head table's rows in memory, sorted by series (store/head.py): what reads take
-        self._head_rows = Head()
+        self._head_rows = Head(head_rows)
         # odd while a compaction move or a retention deletion changes the head and the runs:
         # a read that saw it change reads again (see _read)
         self._moves = 0
@@ -605,8 +607,7 @@ class DuckDBStore:
         row = self._con.execute("SELECT max(run) FROM blocks").fetchone()
         self._next_run = 0 if row is None or row[0] is None else int(row[0]) + 1
         self._load_cells(recorded)
-        stored = self._con.execute("SELECT series_id, t, v FROM samples").fetchnumpy()
-        self._head_rows.load(stored["series_id"], stored["t"], stored["v"])
+        self._load_head(self._head_rows.limit)
         heads = self._con.execute(
             "SELECT series_id, max(t) AS t, arg_max(v, t) AS v FROM "
             + _ALL_SAMPLES.format(where_blocks="true", where="true")
@@ -617,6 +618,17 @@ class DuckDBStore:
             ids = heads["series_id"].astype(np.int64)
             self._head[ids] = heads["t"]
             self._latest.update(len(self._labels), ids, heads["t"], heads["v"])
+
+    def _load_head(self, most: int) -> None:
+        """Copy the head table into memory when it holds at most ``most`` rows (at open: the
+        limit; after a compaction move: half of it, so that a head hovering at the limit is
+        not copied and freed over and over)."""
+        row = self._con.execute("SELECT count(*) FROM samples").fetchone()
+        if row is not None and int(row[0]) > most:
+            self._head_rows.give_up()
+            return
+        stored = self._con.execute("SELECT series_id, t, v FROM samples").fetchnumpy()
+        self._head_rows.load(stored["series_id"], stored["t"], stored["v"])
 
     def _load_cells(self, recorded: Mapping[str, int]) -> None:
         """Whether the cells are complete for :attr:`cell_ms` (else :meth:`compact` builds
@@ -806,13 +818,12 @@ class DuckDBStore:
         maxt: int,
         run: Callable[[duckdb.DuckDBPyConnection, str | None, HeadRows], _T],
         blocks_also: str = "",
-        *,
-        head_in_sql: bool = False,
     ) -> _T:
         """``run(cursor, rows, head)``: ``head`` the head's samples of ``ids`` (sorted) in
         ``[mint, maxt]``, from memory (:class:`~fleetscope.store.head.Head`), and ``rows`` a
-        subquery of the runs' ones, ``None`` when no run can hold one (most instant queries);
-        with ``head_in_sql``, ``rows`` has the head's samples too (as the table ``head_rows``).
+        subquery of the runs' ones, ``None`` when no run can hold one (most instant queries).
+        While the head is too large for memory, ``head`` is empty and ``rows`` has the head
+        table's samples too.
 
         A compaction move or a retention deletion changes the runs (DuckDB's commit) and the
         head in memory one after the other, with :attr:`_moves` odd meanwhile: a read that
@@ -827,14 +838,10 @@ class DuckDBStore:
                 if seq % 2:
                     with self._lock:  # held by the move: wait for it to end
                         continue
-                head = self._head_rows.view().rows(wanted, mint, maxt)
-                if head_in_sql:
-                    sid, t, v = head
-                    cur.register(
-                        "head_rows",
-                        pa.table({"series_id": pa.array(sid, pa.int32()), "t": t, "v": v}),
-                    )
-                rows = self._rows(ids, mint, maxt, blocks_also, head_in_sql=head_in_sql)
+                view = self._head_rows.view()
+                in_table = not view.complete
+                head = _no_rows() if in_table else view.rows(wanted, mint, maxt)
+                rows = self._rows(ids, mint, maxt, blocks_also, head_table=in_table)
                 result = run(cur, rows, head)
                 if self._moves == seq:
                     return result
@@ -842,19 +849,21 @@ class DuckDBStore:
             cur.close()
 
     def _rows(
-        self, ids: list[int], mint: int, maxt: int, blocks_also: str, *, head_in_sql: bool
+        self, ids: list[int], mint: int, maxt: int, blocks_also: str, *, head_table: bool
     ) -> str | None:
-        """The runs' rows of ``ids`` in ``[mint, maxt]`` (and the head's, ``head_in_sql``);
-        ``blocks_also``: one more condition on them (leaving out the samples that cells stand
-        for)."""
-        parts = ["SELECT series_id, t, v FROM head_rows"] if head_in_sql else []
+        """The runs' rows of ``ids`` in ``[mint, maxt]`` (and the head table's, with
+        ``head_table``); ``blocks_also``: one more condition on the runs' (leaving out the
+        samples that cells stand for)."""
+        where_blocks, where = self._where(ids)
+        within = f"t BETWEEN {int(mint)} AND {int(maxt)} AND series_id IN (SELECT id FROM wanted)"
+        parts = []
+        if head_table:
+            parts.append(f"SELECT series_id, t, v FROM samples WHERE {where} AND {within}")
         if mint <= self._blocks_max_t:
-            where_blocks, _ = self._where(ids)
             also = f" AND {blocks_also}" if blocks_also else ""
             parts.append(
                 f"SELECT series_id, t, v FROM blocks WHERE {_within(mint, maxt)} AND "
-                f"{where_blocks} AND t BETWEEN {int(mint)} AND {int(maxt)} AND "
-                f"series_id IN (SELECT id FROM wanted){also}"
+                f"{where_blocks} AND {within}{also}"
             )
         return f"({' UNION ALL '.join(parts)})" if parts else None
 
@@ -1490,6 +1499,8 @@ class DuckDBStore:
                     row = self._con.execute(sql, {"t": t_ms}).fetchone()
                     deleted += int(row[0]) if row else 0
                 self._head_rows.drop(before=t_ms)
+                if not self._head_rows.complete:
+                    self._load_head(self._head_rows.limit // 2)
                 if self.cell_ms:  # every cell that may have lost a sample
                     c = cells.cell_number()
                     self._con.execute(
@@ -1685,6 +1696,8 @@ class DuckDBStore:
         try:
             row = self._move_rows(run, end_ms, metric_keys)
             self._head_rows.drop(until=end_ms)
+            if not self._head_rows.complete:
+                self._load_head(self._head_rows.limit // 2)
         finally:
             self._moves += 1
         return int(row[0]) if row else 0
@@ -1936,6 +1949,10 @@ def _merge_rows(a: HeadRows, b: HeadRows, key: _Key | None) -> HeadRows:
             a_sid, a_t, a_v = a_sid[keep], a_t[keep], a_v[keep]
             at = at - np.searchsorted(gone, at, side="left")
     return np.insert(a_sid, at, b_sid), np.insert(a_t, at, b_t), np.insert(a_v, at, b_v)
+
+
+def _no_rows() -> HeadRows:
+    return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
 
 
 def _no_runs() -> Runs:

@@ -10,7 +10,10 @@ series' rows by position (~1 ms for 100 k rows) and the store reduces them with 
 The table stays the durable copy (and what compaction moves into runs); the store loads this
 copy from it when it opens and follows each committed append, compaction move and retention
 deletion with :meth:`Head.add` and :meth:`Head.drop`. Memory: 24 bytes a sample (~70 MB for
-the bench's 256 GPUs' three hours).
+the bench's 256 GPUs' three hours), up to ``limit`` rows: a head that grows past it (a backfill
+of days written before a compaction) is *incomplete*: the copy is freed and readers read the
+table, as they did before this copy existed, until the store, once compaction has shrunk the
+table, loads it again.
 
 New rows go to a *tail* in arrival order and are folded into the sorted part once the tail
 reaches an eighth of it, so an append costs a copy of its own rows and a read masks at most
@@ -26,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Head", "HeadView", "Rows", "sort_order"]
+__all__ = ["HEAD_ROWS", "Head", "HeadView", "Rows", "sort_order"]
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
@@ -34,6 +37,7 @@ Rows = tuple[I64, I64, F64]
 """Series ids, times and values, sorted by ``(series id, time)``."""
 
 _MIN_FOLD = 65_536  # tail rows before a fold, at least
+HEAD_ROWS = 24_000_000  # rows kept at most (~580 MB): three hours of ~33 k series at 15 s
 
 
 def sort_order(sid: I64, t: I64) -> I64:
@@ -62,6 +66,7 @@ class HeadView:
     tail_t: I64
     tail_v: F64
     tail_n: int
+    complete: bool = True  # False: the head outgrew the limit; read the table instead
 
     def __len__(self) -> int:
         return len(self.t) + self.tail_n
@@ -98,7 +103,8 @@ class Head:
     """The head's samples in memory (see the module docstring). Changes come from one writer
     at a time; :meth:`view` may be called from any thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = HEAD_ROWS) -> None:
+        self.limit = limit
         self._view = HeadView(*_empty(), np.zeros(1, np.int64), *_empty(), 0)
 
     def view(self) -> HeadView:
@@ -107,16 +113,27 @@ class Head:
     def __len__(self) -> int:
         return len(self._view)
 
+    @property
+    def complete(self) -> bool:
+        """Whether this holds every row of the table (else readers read the table)."""
+        return self._view.complete
+
     def load(self, sid: I64, t: I64, v: F64) -> None:
         """Start over with these rows (any order)."""
-        self._publish(np.asarray(sid, np.int64), np.asarray(t, np.int64), np.asarray(v))
+        if len(sid) > self.limit:
+            self.give_up()
+        else:
+            self._publish(np.asarray(sid, np.int64), np.asarray(t, np.int64), np.asarray(v))
 
     def add(self, sid: I64, t: I64, v: F64) -> None:
         """Take in committed rows."""
         k = len(sid)
-        if not k:
-            return
         h = self._view
+        if not k or not h.complete:
+            return
+        if len(h) + k > self.limit:
+            self.give_up()
+            return
         n = h.tail_n
         tail = h.tail_sid, h.tail_t, h.tail_v
         if n + k > len(tail[0]):  # new buffers; the old ones stay as published views see them
@@ -136,6 +153,8 @@ class Head:
         """Forget the rows at or before ``until`` (moved into runs), or before ``before``
         (past retention)."""
         h = self._view
+        if not h.complete:
+            return
         t_all = np.concatenate([h.t, h.tail_t[: h.tail_n]])
         if until is not None:
             keep = t_all > until
@@ -154,6 +173,10 @@ class Head:
         if keep is not None:
             sid, t, v = sid[keep], t[keep], v[keep]
         self._publish(sid, t, v)
+
+    def give_up(self) -> None:
+        """Past the limit: free the rows; readers read the table until :meth:`load`."""
+        self._view = HeadView(*_empty(), np.zeros(1, np.int64), *_empty(), 0, complete=False)
 
     def _publish(self, sid: I64, t: I64, v: F64) -> None:
         order = sort_order(sid, t)
