@@ -25,6 +25,7 @@ published states show), without a lock.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -147,32 +148,55 @@ class Head:
         if n + k < max(_MIN_FOLD, len(h.t) // 8):
             self._view = HeadView(h.sid, h.t, h.v, h.starts, *tail, n + k)
         else:
-            self._fold(tail, n + k, None)
+            self._fold(tail[0][: n + k], tail[1][: n + k], tail[2][: n + k])
 
     def drop(self, *, until: int | None = None, before: int | None = None) -> None:
         """Forget the rows at or before ``until`` (moved into runs), or before ``before``
-        (past retention)."""
+        (past retention). What is left stays in order: no sort."""
         h = self._view
         if not h.complete:
             return
-        t_all = np.concatenate([h.t, h.tail_t[: h.tail_n]])
+        tail_t = h.tail_t[: h.tail_n]
         if until is not None:
-            keep = t_all > until
+            keep, keep_tail = h.t > until, tail_t > until
         else:
             assert before is not None
-            keep = t_all >= before
-        if keep.all():
+            keep, keep_tail = h.t >= before, tail_t >= before
+        if keep.all() and keep_tail.all():
             return
-        self._fold((h.tail_sid, h.tail_t, h.tail_v), h.tail_n, keep)
+        sid = h.sid[keep]
+        starts = np.searchsorted(sid, np.arange(len(h.starts)))
+        tail = h.tail_sid[: h.tail_n][keep_tail], tail_t[keep_tail], h.tail_v[: h.tail_n][keep_tail]
+        self._view = HeadView(sid, h.t[keep], h.v[keep], starts, *tail, len(tail[0]))
 
-    def _fold(self, tail: tuple[I64, I64, F64], n: int, keep: npt.NDArray[np.bool_] | None) -> None:
+    def _fold(self, sid: I64, t: I64, v: F64) -> None:
+        """Put the tail's rows (``sid``, ``t``, ``v``) into the sorted ones: sorted themselves
+        (few), then each series' after its sorted rows, which they follow in time; should one
+        not (a series' rows out of order), everything is sorted again."""
         h = self._view
-        sid = np.concatenate([h.sid, tail[0][:n]])
-        t = np.concatenate([h.t, tail[1][:n]])
-        v = np.concatenate([h.v, tail[2][:n]])
-        if keep is not None:
-            sid, t, v = sid[keep], t[keep], v[keep]
-        self._publish(sid, t, v)
+        order = sort_order(sid, t)
+        sid, t, v = sid[order], t[order], v[order]
+        size = max(len(h.starts) - 1, int(sid[-1]) + 1)
+        starts = np.concatenate([h.starts, np.full(size + 1 - len(h.starts), len(h.t))])
+        at = starts[sid + 1]  # after the series' sorted rows
+        held = at > starts[sid]  # series with sorted rows: are their tail rows all newer?
+        if (h.t[at[held] - 1] >= t[held]).any():
+            self._publish(np.concatenate([h.sid, sid]), np.concatenate([h.t, t]),
+                          np.concatenate([h.v, v]))  # fmt: skip
+            return
+        starts = starts + np.searchsorted(sid, np.arange(size + 1))  # tail rows before each
+        placed = at + np.arange(len(sid))  # where the tail's rows land
+        old = np.ones(len(h.t) + len(sid), np.bool_)
+        old[placed] = False
+
+        def merged(a: npt.NDArray[Any], b: npt.NDArray[Any]) -> npt.NDArray[Any]:
+            out = np.empty(len(old), a.dtype)
+            out[old], out[placed] = a, b
+            return out
+
+        self._view = HeadView(
+            merged(h.sid, sid), merged(h.t, t), merged(h.v, v), starts, *_empty(), 0
+        )
 
     def give_up(self) -> None:
         """Past the limit: free the rows; readers read the table until :meth:`load`."""
