@@ -88,7 +88,7 @@ from fleetscope.store import (
     check_bucket_aggregates,
     matches_all,
 )
-from fleetscope.store.head import HEAD_ROWS, Head, sort_order
+from fleetscope.store.head import HEAD_ROWS, Head, no_rows, put_before, sort_order
 from fleetscope.store.head import Rows as HeadRows
 
 _SCHEMA = """
@@ -840,7 +840,7 @@ class DuckDBStore:
                         continue
                 view = self._head_rows.view()
                 in_table = not view.complete
-                head = _no_rows() if in_table else view.rows(wanted, mint, maxt)
+                head = no_rows() if in_table else view.rows(wanted, mint, maxt)
                 rows = self._rows(ids, mint, maxt, blocks_also, head_table=in_table)
                 result = run(cur, rows, head)
                 if self._moves == seq:
@@ -1948,11 +1948,7 @@ def _merge_rows(a: HeadRows, b: HeadRows, key: _Key | None) -> HeadRows:
             keep[gone] = False
             a_sid, a_t, a_v = a_sid[keep], a_t[keep], a_v[keep]
             at = at - np.searchsorted(gone, at, side="left")
-    return np.insert(a_sid, at, b_sid), np.insert(a_t, at, b_t), np.insert(a_v, at, b_v)
-
-
-def _no_rows() -> HeadRows:
-    return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
+    return put_before((a_sid, a_t, a_v), b, at)
 
 
 def _no_runs() -> Runs:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["HEAD_ROWS", "Head", "HeadView", "Rows", "sort_order"]
+__all__ = ["HEAD_ROWS", "Head", "HeadView", "Rows", "no_rows", "put_before", "sort_order"]
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
@@ -51,8 +51,27 @@ def sort_order(sid: I64, t: I64) -> I64:
     return order
 
 
-def _empty() -> Rows:
+def no_rows() -> Rows:
     return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
+
+
+def put_before(a: Rows, b: Rows, at: I64) -> Rows:
+    """The rows of ``a`` with each row of ``b`` put before ``a``'s row ``at[i]`` (``at``
+    ascending, as for ``b`` sorted like ``a``): ``np.insert`` without its own sort of ``at``."""
+    placed = at + np.arange(len(at))  # where b's rows land
+    old = np.ones(len(a[0]) + len(at), np.bool_)
+    old[placed] = False
+
+    def merged(x: npt.NDArray[Any], y: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        out = np.empty(len(old), x.dtype)
+        out[old], out[placed] = x, y
+        return out
+
+    return merged(a[0], b[0]), merged(a[1], b[1]), merged(a[2], b[2])
+
+
+def _nothing(*, complete: bool = True) -> HeadView:
+    return HeadView(*no_rows(), np.zeros(1, np.int64), *no_rows(), 0, complete=complete)
 
 
 @dataclass(frozen=True)
@@ -84,7 +103,7 @@ class HeadView:
             at = at[(self.t[at] >= mint) & (self.t[at] <= maxt)]
             sid, t, v = self.sid[at], self.t[at], self.v[at]
         else:
-            sid, t, v = _empty()
+            sid, t, v = no_rows()
         if not self.tail_n:
             return sid, t, v
         tail_sid, tail_t = self.tail_sid[: self.tail_n], self.tail_t[: self.tail_n]
@@ -106,7 +125,7 @@ class Head:
 
     def __init__(self, limit: int = HEAD_ROWS) -> None:
         self.limit = limit
-        self._view = HeadView(*_empty(), np.zeros(1, np.int64), *_empty(), 0)
+        self._view = _nothing()
 
     def view(self) -> HeadView:
         return self._view
@@ -185,26 +204,16 @@ class Head:
                           np.concatenate([h.v, v]))  # fmt: skip
             return
         starts = starts + np.searchsorted(sid, np.arange(size + 1))  # tail rows before each
-        placed = at + np.arange(len(sid))  # where the tail's rows land
-        old = np.ones(len(h.t) + len(sid), np.bool_)
-        old[placed] = False
-
-        def merged(a: npt.NDArray[Any], b: npt.NDArray[Any]) -> npt.NDArray[Any]:
-            out = np.empty(len(old), a.dtype)
-            out[old], out[placed] = a, b
-            return out
-
-        self._view = HeadView(
-            merged(h.sid, sid), merged(h.t, t), merged(h.v, v), starts, *_empty(), 0
-        )
+        rows = put_before((h.sid, h.t, h.v), (sid, t, v), at)
+        self._view = HeadView(*rows, starts, *no_rows(), 0)
 
     def give_up(self) -> None:
         """Past the limit: free the rows; readers read the table until :meth:`load`."""
-        self._view = HeadView(*_empty(), np.zeros(1, np.int64), *_empty(), 0, complete=False)
+        self._view = _nothing(complete=False)
 
     def _publish(self, sid: I64, t: I64, v: F64) -> None:
         order = sort_order(sid, t)
         sid, t, v = sid[order], t[order], v[order]
         size = int(sid[-1]) + 1 if len(sid) else 0
         starts = np.searchsorted(sid, np.arange(size + 1)).astype(np.int64)
-        self._view = HeadView(sid, t, v, starts, *_empty(), 0)
+        self._view = HeadView(sid, t, v, starts, *no_rows(), 0)
